@@ -1,0 +1,35 @@
+"""Moving images between H x W x C arrays (numpy, DLPack) and N x C x H x W tensors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_chw(x: Any, device: torch.device | str) -> torch.Tensor:
+    """1 x C x H x W float32 tensor from an H x W x C array: numpy, torch, or DLPack (drjit CUDA)."""
+    if isinstance(x, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    elif isinstance(x, torch.Tensor):
+        t = x
+    else:
+        t = torch.from_dlpack(x)  # zero-copy for drjit tensors on the same device
+    return t.to(device=device, dtype=torch.float32).permute(2, 0, 1).unsqueeze(0)
+
+
+def to_hwc_numpy(x: torch.Tensor) -> np.ndarray:
+    """1 x C x H x W tensor to an H x W x C float32 numpy array."""
+    return x[0].permute(1, 2, 0).detach().to("cpu", torch.float32).contiguous().numpy()
+
+
+def pad_to(x: torch.Tensor, alignment: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad the bottom and right edges up to a multiple of ``alignment``; returns the original size."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % alignment, (-w) % alignment
+    if ph or pw:
+        # Replicate rather than zero: a black border would read as a dark edge to the network.
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x, (h, w)

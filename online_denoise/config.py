@@ -1,0 +1,134 @@
+"""Presets and the flags every subcommand shares, resolved into explicit dataclasses.
+
+A preset is a whole recipe: network, training schedule and samples per pixel.
+Flags given on the command line override single fields of it; whatever was
+resolved is written next to each run (run.json), so a result always says how
+it was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import asdict, dataclass, replace
+
+from .errors import UserError
+from .features import FEATURE_CHANNELS, FeatureSpec
+from .model import ModelConfig
+from .trainer import TrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    summary: str
+    model: ModelConfig
+    train: TrainConfig
+    spp: int  # per render of a pair
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("cpu", "2-core CPU: width-16 U-Net with a 5x5 kernel-predicting head, 1 step per frame",
+           ModelConfig(width=16, depth=5, output="kpn", kernel_size=5),
+           TrainConfig(lr=1e-3, batch=4, crop=128, steps_per_frame=1), spp=4),
+    Preset("gpu", "CUDA: the paper's width-48 U-Net with the kernel-predicting head, 8 steps per frame",
+           ModelConfig(width=48, depth=5, output="kpn", kernel_size=5),
+           TrainConfig(lr=1e-3, batch=4, crop=256, steps_per_frame=8), spp=8),
+    Preset("paper", "Noise2Noise as published: width 48, direct linear output, 8 steps of 256^2 crops, 8 spp",
+           ModelConfig(width=48, depth=5, output="direct"),
+           TrainConfig(lr=3e-4, batch=4, crop=256, steps_per_frame=8), spp=8),
+)}
+
+
+def resolve_preset(name: str, device_type: str) -> Preset:
+    if name == "auto":
+        name = "gpu" if device_type == "cuda" else "cpu"
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UserError(f"--preset {name}: expected auto or one of {', '.join(PRESETS)}") from None
+
+
+def parse_res(text: str) -> tuple[int, int]:
+    """'256' -> (256, 256); '640x360' -> (640, 360)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
+    if not m or int(m.group(1)) < 1 or (m.group(2) is not None and int(m.group(2)) < 1):
+        raise UserError(f"--res {text}: expected N (square) or WxH, with positive integers")
+    w = int(m.group(1))
+    return w, int(m.group(2)) if m.group(2) is not None else w
+
+
+def parse_features(text: str) -> tuple[str, ...]:
+    names = tuple(f.strip() for f in text.split(",") if f.strip())
+    if not names or names[0] != "color" or any(f not in FEATURE_CHANNELS for f in names) or len(set(names)) != len(names):
+        raise UserError(f"--features {text}: expected 'color' followed by any of albedo, normal (comma-separated)")
+    return names
+
+
+def add_common_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared, with the same names and meanings, by fly, bench and reference."""
+    g = p.add_argument_group("scene and rendering")
+    g.add_argument("--scene", default="cornell-box", help="built-in scene name, scene folder or Mitsuba XML file")
+    g.add_argument("--path", default=None, help="camera path JSON (default: the scene's path.json, else an orbit)")
+    g.add_argument("--res", default="256", help="render resolution: N or WxH (default 256)")
+    g.add_argument("--spp", type=int, default=None, help="samples per pixel of each render of a pair (default: preset)")
+    g.add_argument("--variant", default="auto", help="Mitsuba variant: auto, cuda_ad_rgb, llvm_ad_rgb or scalar_rgb")
+    g.add_argument("--seed", type=int, default=0, help="selects this run's block of render seeds")
+    g.add_argument("--path-fps", type=float, default=15.0,
+                   help="camera-path seconds advance 1/path-fps per rendered frame (default 15)")
+
+    g = p.add_argument_group("denoiser and training")
+    g.add_argument("--preset", default="auto", help=f"auto (cpu or gpu by device), or one of {', '.join(PRESETS)}")
+    g.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda or cuda:N")
+    g.add_argument("--checkpoint", default=None, help="start from these weights (their network replaces the preset's)")
+    g.add_argument("--features", default="color,albedo,normal", help="network inputs (default color,albedo,normal)")
+    g.add_argument("--transfer", default="paper", help="input transfer: paper ((v/(1+v))^(1/2.2)), log or linear")
+    g.add_argument("--exposure-norm", choices=["none", "auto"], default="none",
+                   help="scale each frame to middle grey before the transfer")
+    g.add_argument("--loss", default=None, help="hdr (default), l2 or l1")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: preset)")
+    g.add_argument("--steps-per-frame", type=int, default=None, help="training steps per new frame (default: preset)")
+    g.add_argument("--train-budget-ms", type=float, default=None,
+                   help="instead of a step count, train for this many ms per frame")
+    g.add_argument("--crop", type=int, default=None, help="training crop side (default: preset)")
+    g.add_argument("--batch", type=int, default=None, help="crops per training step (default: preset)")
+    g.add_argument("--ring", type=int, default=16, help="frames kept in the replay ring (default 16)")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    preset: Preset
+    model: ModelConfig
+    features: FeatureSpec
+    train: TrainConfig
+    spp: int
+    res: tuple[int, int]
+
+    def to_dict(self) -> dict:
+        return {"preset": self.preset.name, "model": self.model.to_dict(), "features": self.features.to_dict(),
+                "train": asdict(self.train), "spp": self.spp, "res": list(self.res)}
+
+
+def resolve(args: argparse.Namespace, device_type: str) -> Resolved:
+    preset = resolve_preset(args.preset, device_type)
+    try:
+        features = FeatureSpec(parse_features(args.features), args.transfer, args.exposure_norm)
+    except ValueError as e:
+        raise UserError(f"--transfer/--features: {e}") from None
+    model = replace(preset.model, in_channels=features.channels)
+    overrides = {k: v for k, v in {
+        "loss": args.loss, "lr": args.lr, "steps_per_frame": args.steps_per_frame,
+        "budget_ms": args.train_budget_ms, "crop": args.crop, "batch": args.batch,
+    }.items() if v is not None}
+    try:
+        train = replace(preset.train, **overrides)
+    except ValueError as e:
+        raise UserError(f"training flags: {e}") from None
+    spp = args.spp if args.spp is not None else preset.spp
+    if spp < 1:
+        raise UserError(f"--spp {spp}: expected a positive sample count")
+    if args.ring < 1:
+        raise UserError(f"--ring {args.ring}: expected at least 1 frame")
+    if args.path_fps <= 0:
+        raise UserError(f"--path-fps {args.path_fps}: expected a positive number")
+    return Resolved(preset, model, features, train, spp, parse_res(args.res))

@@ -1,0 +1,181 @@
+"""The one inference chain, the Denoiser that runs it, and checkpoints.
+
+Chain: exposure -> features (transfer, clamps) -> pad to the network's
+alignment -> network -> unpad -> undo exposure. Training runs the same
+``run_network`` on crops; the viewer, the headless run, the batch command and
+the benchmark all go through ``Denoiser``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .arrays import pad_to, to_chw
+from .color import autoexposure
+from .errors import UserError
+from .features import FeatureSpec, build_input, finite
+from .files import atomic_write
+from .model import ModelConfig, UNet
+
+CHECKPOINT_FORMAT = "online_denoise.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(UserError):
+    pass
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: this torch build sees no CUDA device")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: expected auto, cpu or cuda[:N]") from None
+
+
+def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
+                albedo: torch.Tensor | None, normal: torch.Tensor | None,
+                exposure: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """Linear HDR prediction, N x 3 x H x W, for N x 3 x H x W inputs of any size."""
+    color = finite(color) * exposure
+    x = build_input(spec, color, albedo, normal)
+    x, (h, w) = pad_to(x, model.alignment)
+    c, _ = pad_to(color, model.alignment)
+    y = model(x, c)[..., :h, :w]
+    return y / exposure
+
+
+def frame_exposure(spec: FeatureSpec, color) -> float:
+    return autoexposure(color) if spec.exposure == "auto" else 1.0
+
+
+class Denoiser:
+    """A network plus its feature spec, with the weights swapped in as training publishes them."""
+
+    def __init__(self, model_config: ModelConfig, spec: FeatureSpec, device: torch.device | str = "cpu"):
+        if model_config.in_channels != spec.channels:
+            raise CheckpointError(
+                f"model expects {model_config.in_channels} input channels but {spec.describe()} has {spec.channels}")
+        self.model_config = model_config
+        self.spec = spec
+        self.device = torch.device(device)
+        self.model = UNet(model_config).to(self.device).eval()
+        self.version = -1  # weight version last loaded; -1: initial weights
+
+    def load_weights(self, state_dict: dict, version: int) -> None:
+        self.model.load_state_dict(state_dict)
+        self.version = version
+
+    @torch.inference_mode()
+    def denoise_batch(self, color: torch.Tensor, albedo: torch.Tensor | None, normal: torch.Tensor | None,
+                      exposure: float = 1.0) -> torch.Tensor:
+        y = run_network(self.model, self.spec, color.to(self.device), _opt(albedo, self.device),
+                        _opt(normal, self.device), exposure)
+        return y.clamp_min(0.0)
+
+    def denoise(self, color, albedo=None, normal=None) -> torch.Tensor:
+        """Denoise one H x W x 3 image; returns 1 x 3 x H x W linear HDR on the device."""
+        dev = self.device
+        return self.denoise_batch(to_chw(color, dev), _opt_chw(albedo, dev), _opt_chw(normal, dev),
+                                  frame_exposure(self.spec, color))
+
+    def denoise_pair(self, frame) -> "PairResult":
+        """Denoise both renders of a frame in one batch and average them."""
+        dev = self.device
+        color = torch.cat([to_chw(frame.color_a, dev), to_chw(frame.color_b, dev)])
+        albedo, normal = _opt_chw(frame.albedo, dev), _opt_chw(frame.normal, dev)
+        n = color.shape[0]
+        out = self.denoise_batch(color, _expand(albedo, n), _expand(normal, n),
+                                 frame_exposure(self.spec, frame.color_a))
+        return PairResult(out.mean(dim=0, keepdim=True), out[0:1], out[1:2], self.version)
+
+
+@dataclass
+class PairResult:
+    denoised: torch.Tensor  # 1 x 3 x H x W, average of the two
+    denoised_a: torch.Tensor
+    denoised_b: torch.Tensor
+    version: int  # weight version that produced it
+
+
+def _opt(x, device):
+    return None if x is None else x.to(device)
+
+
+def _opt_chw(x, device):
+    return None if x is None else to_chw(x, device)
+
+
+def _expand(x, n):
+    return None if x is None else x.expand(n, -1, -1, -1)
+
+
+# -- checkpoints --------------------------------------------------------------
+
+@dataclass
+class Checkpoint:
+    model_config: ModelConfig
+    spec: FeatureSpec
+    state_dict: dict
+    meta: dict = field(default_factory=dict)
+
+    def denoiser(self, device: torch.device | str = "cpu") -> Denoiser:
+        d = Denoiser(self.model_config, self.spec, device)
+        d.load_weights(self.state_dict, int(self.meta.get("weight_version", 0)))
+        return d
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, model_config: ModelConfig,
+                    spec: FeatureSpec, meta: dict | None = None) -> Path:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    from . import __version__
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "model_config": model_config.to_dict(),
+        "features": spec.to_dict(),
+        "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
+        "meta": {"created": datetime.datetime.now().isoformat(timespec="seconds"),
+                 "online_denoise_version": __version__, **(meta or {})},
+    }
+    return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: str | Path, expect: FeatureSpec | None = None) -> Checkpoint:
+    """Load with ``weights_only=True``; refuse files that are not ours or were trained on other features."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle with code in it, plain garbage...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable online_denoise checkpoint ({reason[:160]})") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an online_denoise checkpoint (no '{CHECKPOINT_FORMAT}' header)")
+    if data.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {data.get('format_version')} is not supported "
+                              f"(this version reads {CHECKPOINT_VERSION})")
+    try:
+        spec = FeatureSpec.from_dict(data["features"])
+        config = ModelConfig.from_dict(data["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: damaged checkpoint header ({e})") from None
+    if expect is not None and (spec.features, spec.transfer) != (expect.features, expect.transfer):
+        raise CheckpointError(
+            f"{path}: trained on {spec.describe()}, but this run uses {expect.describe()}; "
+            f"use a checkpoint trained on the same features or drop --checkpoint")
+    ckpt = Checkpoint(config, spec, data["state_dict"], data.get("meta", {}))
+    try:
+        UNet(config).load_state_dict(ckpt.state_dict)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match the model config it declares ({str(e)[:160]})") from None
+    return ckpt

@@ -1,0 +1,66 @@
+"""What the network sees: the feature set, sanitising, and the input tensor.
+
+Every pixel that reaches the network or the loss is finite. Inputs may be
+clamped, since they only condition the network; the training target never is,
+apart from replacing NaN and Inf (which no estimator can average away) with 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .color import get_transfer
+
+FEATURE_CHANNELS = {"color": 3, "albedo": 3, "normal": 3}
+EXPOSURE_MODES = ("none", "auto")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    features: tuple[str, ...] = ("color", "albedo", "normal")
+    transfer: str = "paper"  # curve applied to the colour input (color.TRANSFERS)
+    exposure: str = "none"  # "auto" scales each frame to middle grey before the transfer
+
+    def __post_init__(self):
+        if not self.features or self.features[0] != "color":
+            raise ValueError(f"features must start with 'color', got {self.features}")
+        unknown = [f for f in self.features if f not in FEATURE_CHANNELS]
+        if unknown:
+            raise ValueError(f"unknown features {unknown}; expected some of {list(FEATURE_CHANNELS)}")
+        get_transfer(self.transfer)
+        if self.exposure not in EXPOSURE_MODES:
+            raise ValueError(f"exposure {self.exposure!r}: expected one of {EXPOSURE_MODES}")
+
+    @property
+    def channels(self) -> int:
+        return sum(FEATURE_CHANNELS[f] for f in self.features)
+
+    def to_dict(self) -> dict:
+        return {"features": list(self.features), "transfer": self.transfer, "exposure": self.exposure}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSpec":
+        return cls(tuple(d["features"]), d["transfer"], d.get("exposure", "none"))
+
+    def describe(self) -> str:
+        return f"{'+'.join(self.features)} ({self.transfer} transfer, exposure {self.exposure})"
+
+
+def finite(x: torch.Tensor) -> torch.Tensor:
+    """NaN and +-Inf become 0: a firefly that overflowed carries no usable estimate."""
+    return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def build_input(spec: FeatureSpec, color: torch.Tensor, albedo: torch.Tensor | None,
+                normal: torch.Tensor | None) -> torch.Tensor:
+    """N x C x H x W network input from N x 3 x H x W linear colour and aux buffers."""
+    parts = [get_transfer(spec.transfer).forward(finite(color).clamp_min(0.0))]
+    for name in spec.features[1:]:
+        buf = albedo if name == "albedo" else normal
+        if buf is None:
+            raise ValueError(f"the feature set {spec.describe()} needs a {name} buffer")
+        lo = 0.0 if name == "albedo" else -1.0
+        parts.append(finite(buf).clamp(lo, 1.0))
+    return torch.cat(parts, dim=1)

@@ -1,0 +1,130 @@
+"""The live loop without a window: follow the scene's path, train, and write what happened.
+
+Writes into the output folder:
+  frames/denoised_NNNN.png|.exr  every --save-every frames (tonemapped PNG, linear EXR)
+  metrics.jsonl                  one line per frame (stage ms, loss, steps, weight version, error estimate)
+  strip.png                      noisy | denoised (| reference) of the last frame
+  model.pt                       the final checkpoint, written atomically
+  run.json                       the resolved configuration and the summary
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .arrays import to_hwc_numpy
+from .exr import write_exr
+from .files import atomic_write_json
+from .images import save_png, strip
+from .metrics import psnr
+from .session import FrameResult, Session
+
+
+@dataclass
+class HeadlessOptions:
+    frames: int = 300
+    out: Path = Path("runs/demo")
+    save_every: int = 50  # 0: only the final strip
+    path_fps: float = 15.0  # frame i shows the path at i / path_fps seconds
+    reference_spp: int = 1024  # final reference render for the strip and PSNR; 0: none
+    exposure: float = 0.0  # display exposure of the PNGs, in stops
+    config: dict = field(default_factory=dict)  # the resolved run configuration, for run.json
+
+
+@dataclass
+class Summary:
+    frames: int
+    seconds: float
+    interrupted: bool
+    stage_ms: dict[str, float]  # mean over steady-state frames
+    steps: int
+    loss: float
+    skipped_nonfinite: int
+    estimate_mse: float
+    psnr_denoised: float | None = None
+    psnr_noisy: float | None = None
+    reference_spp: int = 0
+    out: str = ""
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.stage_ms["frame"] if self.stage_ms.get("frame") else 0.0
+
+    def line(self, scene: str) -> str:
+        ms = self.stage_ms
+        frame = ms.get("frame", float("nan"))
+        shares = ", ".join(f"{k} {ms[k]:.0f} ms ({100 * ms[k] / frame:.0f}%)" for k in ("render", "train", "infer"))
+        quality = ""
+        if self.psnr_denoised is not None:
+            quality = (f" | PSNR {self.psnr_denoised:.2f} dB denoised vs {self.psnr_noisy:.2f} dB noisy "
+                       f"({self.reference_spp}-spp reference)")
+        head = "interrupted after " if self.interrupted else ""
+        return (f"{scene}: {head}{self.frames} frames in {self.seconds:.1f} s, {self.fps:.2f} frames/s "
+                f"[{shares} of {frame:.0f} ms] | {self.steps} steps, loss {self.loss:.4f}, "
+                f"est. MSE {self.estimate_mse:.3g}{quality} | wrote {self.out}")
+
+
+def _stage_means(records: list[dict]) -> dict[str, float]:
+    # The first frames compile kernels and fill the ring; they are not the loop's steady state.
+    steady = records[min(len(records) - 1, max(1, len(records) // 10)):] if records else []
+    keys = ("render", "train", "infer", "frame")
+    return {k: statistics.fmean(r["ms"][k] for r in steady) if steady else float("nan") for k in keys}
+
+
+def run_headless(session: Session, options: HeadlessOptions, checkpoint_name: str = "model.pt") -> Summary:
+    out = options.out
+    frames_dir = out / "frames"
+    if options.save_every:
+        frames_dir.mkdir(parents=True, exist_ok=True)
+    renderer = session.renderer
+    records: list[dict] = []
+    last: FrameResult | None = None
+    interrupted = False
+    start = time.perf_counter()
+    with open(out / "metrics.jsonl", "w", buffering=1) as log:
+        try:
+            for i in range(options.frames):
+                pose = renderer.path.pose(i / options.path_fps)
+                last = session.step(pose)
+                record = last.record()
+                records.append(record)
+                log.write(json.dumps(record) + "\n")
+                if options.save_every and (i + 1) % options.save_every == 0:
+                    image = to_hwc_numpy(last.denoised)
+                    save_png(frames_dir / f"denoised_{i + 1:04d}.png", image, options.exposure)
+                    write_exr(frames_dir / f"denoised_{i + 1:04d}.exr", image)
+        except KeyboardInterrupt:
+            interrupted = True
+    seconds = time.perf_counter() - start
+    session.close(out / checkpoint_name, meta={"scene": str(renderer.scene_info.xml)})
+
+    summary = Summary(
+        frames=len(records), seconds=seconds, interrupted=interrupted, stage_ms=_stage_means(records),
+        steps=session.trainer.steps, loss=session.trainer.last_loss,
+        skipped_nonfinite=session.trainer.skipped_nonfinite,
+        estimate_mse=statistics.fmean(r["estimate_mse"] for r in records[-10:]) if records else float("nan"),
+        out=str(out),
+    )
+    if last is not None:
+        noisy = np.asarray(last.frame.color_a)
+        denoised = to_hwc_numpy(last.denoised)
+        panels = [noisy, denoised]
+        if options.reference_spp > 0 and not interrupted:
+            reference = np.asarray(renderer.render_color(last.frame.pose, options.reference_spp))
+            write_exr(out / "reference.exr", reference)
+            panels.append(reference)
+            summary.psnr_denoised = psnr(denoised, reference, options.exposure)
+            summary.psnr_noisy = psnr(noisy, reference, options.exposure)
+            summary.reference_spp = options.reference_spp
+        save_png(out / "strip.png", strip(panels), options.exposure)
+        write_exr(out / "denoised.exr", denoised)
+        write_exr(out / "noisy.exr", noisy)
+    atomic_write_json(out / "run.json", {"config": options.config, "summary": {
+        **{k: v for k, v in summary.__dict__.items() if k != "out"}, "fps": summary.fps}})
+    return summary

@@ -1,0 +1,119 @@
+"""A fixed-size, preallocated ring of frame pairs, shared by the render loop and the trainer.
+
+Memory is allocated once: ``RingBuffer.bytes_for(capacity, h, w)``, which is
+capacity x 12 channels x H x W x 4 bytes (colour a and b, albedo, normal) plus
+a few bytes per slot. At 256^2 with 16 slots that is 50 MiB.
+
+The producer never waits for the trainer: a push claims the oldest slot and
+overwrites it. The slot is hidden from samplers while it is being written, and
+samplers copy their crops under the lock, so a crop never mixes two frames.
+The lock is held by a push only to claim and publish a slot (O(1)), and by a
+sampler only while it copies a few small crops.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from .arrays import to_chw
+from .features import finite
+
+CHANNELS_PER_SLOT = 12  # colour a (3) + colour b (3) + albedo (3) + normal (3)
+
+
+@dataclass
+class TrainBatch:
+    input: torch.Tensor  # B x 3 x h x w noisy linear colour fed to the network
+    target: torch.Tensor  # B x 3 x h x w the other, independent render of the same pose
+    albedo: torch.Tensor
+    normal: torch.Tensor
+    exposure: torch.Tensor  # B x 1 x 1 x 1
+    frames: list[int]  # sequence numbers of the frames the crops came from
+
+
+class RingBuffer:
+    def __init__(self, capacity: int, height: int, width: int, device: torch.device | str = "cpu", seed: int = 0):
+        if capacity < 1:
+            raise ValueError(f"ring capacity must be at least 1, got {capacity}")
+        self.capacity, self.height, self.width = capacity, height, width
+        self.device = torch.device(device)
+        shape = (capacity, 3, height, width)
+        self.color_a = torch.zeros(shape, device=self.device)
+        self.color_b = torch.zeros(shape, device=self.device)
+        self.albedo = torch.zeros(shape, device=self.device)
+        self.normal = torch.zeros(shape, device=self.device)
+        self.exposure = [1.0] * capacity
+        self._seq = [-1] * capacity  # sequence number held by each slot; -1: empty or being written
+        self._pushed = 0
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self.nonfinite_pixels = 0  # pixel values replaced by 0 on the way in, over the whole session
+
+    @staticmethod
+    def bytes_for(capacity: int, height: int, width: int) -> int:
+        return capacity * CHANNELS_PER_SLOT * height * width * 4
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.color_a, self.color_b, self.albedo, self.normal))
+
+    @property
+    def pushed(self) -> int:
+        return self._pushed
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(s >= 0 for s in self._seq)
+
+    def push(self, frame, exposure: float = 1.0) -> int:
+        """Store a frame (color_a, color_b, albedo, normal: H x W x 3) and return its sequence number."""
+        if tuple(frame.color_a.shape[:2]) != (self.height, self.width):
+            raise ValueError(f"frame is {tuple(frame.color_a.shape[:2])}, ring holds {(self.height, self.width)}")
+        with self._lock:
+            seq = self._pushed
+            slot = seq % self.capacity
+            self._pushed += 1
+            self._seq[slot] = -1
+        bad = 0
+        for dst, src in ((self.color_a, frame.color_a), (self.color_b, frame.color_b),
+                         (self.albedo, frame.albedo), (self.normal, frame.normal)):
+            x = to_chw(src, self.device)[0]
+            bad += int((~torch.isfinite(x)).sum())
+            dst[slot].copy_(finite(x))
+        with self._lock:
+            self.exposure[slot] = float(exposure)
+            self._seq[slot] = seq
+            self.nonfinite_pixels += bad
+        return seq
+
+    def sample(self, batch: int, crop: int) -> TrainBatch | None:
+        """Random crops from random stored frames, each in a random direction (a->b or b->a).
+
+        Returns None while the ring is empty.
+        """
+        ch, cw = min(crop, self.height), min(crop, self.width)
+        rng = self._rng
+        with self._lock:
+            ready = [i for i, s in enumerate(self._seq) if s >= 0]
+            if not ready:
+                return None
+            picks = [rng.choice(ready) for _ in range(batch)]
+            inputs, targets, albedos, normals, exposures, frames = [], [], [], [], [], []
+            for slot in picks:
+                y, x = rng.randint(0, self.height - ch), rng.randint(0, self.width - cw)
+                win = (slot, slice(None), slice(y, y + ch), slice(x, x + cw))
+                a, b = self.color_a[win], self.color_b[win]
+                if rng.random() < 0.5:
+                    a, b = b, a
+                inputs.append(a.clone())
+                targets.append(b.clone())
+                albedos.append(self.albedo[win].clone())
+                normals.append(self.normal[win].clone())
+                exposures.append(self.exposure[slot])
+                frames.append(self._seq[slot])
+        return TrainBatch(torch.stack(inputs), torch.stack(targets), torch.stack(albedos), torch.stack(normals),
+                          torch.tensor(exposures, device=self.device).view(-1, 1, 1, 1), frames)

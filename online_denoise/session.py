@@ -1,0 +1,135 @@
+"""The live loop: render a pair, denoise it with the latest weights, feed the ring, let the trainer learn.
+
+One ``Session.step(pose)`` is one frame. The trainer runs in its own thread,
+so on the CPU its steps overlap the next frame's render; the stage times are
+wall-clock milliseconds of each stage, and ``frame`` is the whole iteration.
+
+Order matters for the error estimate: a frame is denoised *before* it is
+pushed, so the weights that denoise it have never trained on it, and its two
+renders are independent of the network (see metrics.error_estimate).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .arrays import to_chw
+from .denoiser import Checkpoint, Denoiser, PairResult, frame_exposure, save_checkpoint
+from .features import FeatureSpec
+from .metrics import error_estimate
+from .model import ModelConfig, UNet
+from .ring import RingBuffer
+from .trainer import TrainConfig, Trainer
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    model: ModelConfig
+    features: FeatureSpec
+    train: TrainConfig
+    device: str = "cpu"
+    ring_capacity: int = 16  # frames kept for replay
+    train_enabled: bool = True
+
+
+@dataclass
+class FrameResult:
+    frame: object  # renderer.Frame
+    result: PairResult
+    timings: dict[str, float]  # ms: render, infer, train, frame
+    estimate: dict[str, float]
+    steps: int
+    loss: float
+    skipped_nonfinite: int
+
+    @property
+    def denoised(self) -> torch.Tensor:
+        return self.result.denoised
+
+    def record(self) -> dict:
+        """The metrics.jsonl line for this frame."""
+        return {
+            "frame": self.frame.index,
+            "ms": {k: round(v, 2) for k, v in self.timings.items()},
+            "loss": None if self.loss != self.loss else round(self.loss, 6),
+            "steps": self.steps,
+            "weight_version": self.result.version,
+            "estimate_mse": self.estimate["mse"],
+            "noisy_mse_estimate": self.estimate["noisy_mse"],
+            "skipped_nonfinite": self.skipped_nonfinite,
+        }
+
+
+class Session:
+    def __init__(self, renderer, config: SessionConfig, checkpoint: Checkpoint | None = None):
+        self.renderer = renderer
+        self.config = config
+        device = torch.device(config.device)
+        self.device = device
+        model_config = checkpoint.model_config if checkpoint is not None else config.model
+        self.model_config = model_config
+        model = UNet(model_config)
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint.state_dict)
+        h, w = renderer.shape
+        self.ring = RingBuffer(config.ring_capacity, h, w, device)
+        self.trainer = Trainer(model, config.features, self.ring, config.train, device)
+        self.denoiser = Denoiser(model_config, config.features, device)
+        self._load_latest()
+        self.frames = 0
+        self._last_end = time.perf_counter()
+        self._closed = False
+        if config.train_enabled:
+            self.trainer.start()
+
+    def _load_latest(self) -> None:
+        snap = self.trainer.snapshot()
+        if snap.version != self.denoiser.version:
+            self.denoiser.load_weights(snap.state_dict, snap.version)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def step(self, pose) -> FrameResult:
+        self.trainer.check()
+        frame = self.renderer.render_pair(pose, self.frames)
+        t0 = time.perf_counter()
+        self._load_latest()
+        result = self.denoiser.denoise_pair(frame)
+        self._sync()
+        t1 = time.perf_counter()
+        a, b = to_chw(frame.color_a, self.device), to_chw(frame.color_b, self.device)
+        estimate = error_estimate(result.denoised_a, result.denoised_b, a, b)
+        self.ring.push(frame, frame_exposure(self.config.features, frame.color_a))
+        self.trainer.notify_frame()
+        end = time.perf_counter()
+        timings = {
+            "render": frame.timings["render"],
+            "infer": (t1 - t0) * 1000,
+            "train": self.trainer.take_busy_ms(),
+            "frame": (end - self._last_end) * 1000,
+        }
+        self._last_end = end
+        self.frames += 1
+        return FrameResult(frame, result, timings, estimate, self.trainer.steps, self.trainer.last_loss,
+                           self.trainer.skipped_nonfinite)
+
+    def set_training(self, enabled: bool) -> None:
+        self.trainer.set_paused(not enabled)
+
+    def close(self, checkpoint_path: str | Path | None = None, meta: dict | None = None) -> Path | None:
+        """Stop the trainer and, if asked, save its weights atomically. Safe to call twice."""
+        if self._closed:
+            return None
+        self._closed = True
+        self.trainer.stop()
+        if checkpoint_path is None:
+            return None
+        info = {"steps": self.trainer.steps, "frames": self.frames, "weight_version": self.trainer.steps,
+                "train_config": self.config.train.to_dict(), **(meta or {})}
+        return save_checkpoint(checkpoint_path, self.trainer.model, self.model_config, self.config.features, info)

@@ -1,0 +1,196 @@
+"""The trainer thread: Noise2Noise steps on crops from the ring, weights published as versioned snapshots.
+
+The render loop calls ``notify_frame()`` after each push; the thread then
+takes ``steps_per_frame`` steps, or as many as fit ``budget_ms``, and goes back
+to waiting. Steps never pile up: a trainer that falls behind does at most one
+frame's worth of steps when it catches up, because the newest frames are the
+ones worth learning from.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .denoiser import run_network
+from .features import FeatureSpec
+from .loss import get_loss
+from .ring import RingBuffer
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 3e-4  # Adam, as in the paper
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+    batch: int = 4  # crops per step
+    crop: int = 128  # crop side in pixels (clipped to the frame)
+    steps_per_frame: int = 1  # k steps after each new frame...
+    budget_ms: float | None = None  # ...or, when set, as many steps as fit in this many ms per frame
+    loss: str = "hdr"
+    grad_clip: float | None = None  # max global gradient norm; None: no clipping
+
+    def __post_init__(self):
+        get_loss(self.loss)
+        if self.batch < 1 or self.crop < 1 or self.steps_per_frame < 0:
+            raise ValueError(f"invalid training config {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TrainerError(RuntimeError):
+    """The trainer thread died; the original exception is the __cause__."""
+
+
+@dataclass
+class Snapshot:
+    version: int  # optimizer steps taken when these weights were published
+    state_dict: dict
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module, spec: FeatureSpec, ring: RingBuffer, config: TrainConfig,
+                 device: torch.device | str = "cpu"):
+        self.model = model.to(device).train()
+        self.spec = spec
+        self.ring = ring
+        self.config = config
+        self.device = torch.device(device)
+        self.loss_fn = get_loss(config.loss)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps)
+
+        self.steps = 0
+        self.skipped_nonfinite = 0
+        self.last_loss = float("nan")
+        self.losses: collections.deque[float] = collections.deque(maxlen=512)  # recent step losses
+        self.error: BaseException | None = None
+
+        self._busy_ms = 0.0  # time spent stepping since the last take_busy_ms()
+        self._credit = 0
+        self._paused = False
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._snapshot_lock = threading.Lock()
+        self._snapshot = Snapshot(0, self._clone_state())
+        self._thread: threading.Thread | None = None
+
+    # -- control (any thread) ---------------------------------------------
+
+    def start(self) -> "Trainer":
+        self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
+        self._thread.start()
+        return self
+
+    def notify_frame(self) -> None:
+        with self._cond:
+            self._credit = max(self._credit, 1)
+            self._cond.notify()
+
+    def set_paused(self, paused: bool) -> None:
+        with self._cond:
+            self._paused = paused
+            self._cond.notify()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the step under way, then end the thread. Safe to call twice."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TrainerError(f"trainer thread did not stop within {timeout:.0f} s")
+
+    def check(self) -> None:
+        """Re-raise, in the caller's thread, an exception that ended the trainer thread."""
+        if self.error is not None:
+            raise TrainerError(f"trainer thread failed: {type(self.error).__name__}: {self.error}") from self.error
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def snapshot(self) -> Snapshot:
+        """The latest published weights. Later snapshots replace earlier ones; nobody waits."""
+        with self._snapshot_lock:
+            return self._snapshot
+
+    def take_busy_ms(self) -> float:
+        with self._cond:
+            ms, self._busy_ms = self._busy_ms, 0.0
+        return ms
+
+    # -- the thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                with self._cond:
+                    while not self._stop.is_set() and (self._credit == 0 or self._paused):
+                        self._cond.wait(0.1)
+                    self._credit = 0
+                if self._stop.is_set():
+                    break
+                self._train_one_frame()
+        except BaseException as e:  # surfaced to the caller by check()
+            self.error = e
+
+    def _train_one_frame(self) -> None:
+        cfg = self.config
+        start = time.perf_counter()
+        steps = 0
+        while not self._stop.is_set():
+            if cfg.budget_ms is None and steps >= cfg.steps_per_frame:
+                break
+            if cfg.budget_ms is not None and (time.perf_counter() - start) * 1000 >= cfg.budget_ms:
+                break
+            t0 = time.perf_counter()
+            if not self.step():
+                break
+            steps += 1
+            with self._cond:
+                self._busy_ms += (time.perf_counter() - t0) * 1000
+
+    def step(self) -> bool:
+        """One optimizer step on a fresh batch. False when the ring holds nothing yet."""
+        batch = self.ring.sample(self.config.batch, self.config.crop)
+        if batch is None:
+            return False
+        pred = run_network(self.model, self.spec, batch.input, batch.albedo, batch.normal, batch.exposure)
+        loss = self.loss_fn(pred, batch.target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        else:
+            grad_norm = torch.zeros((), device=loss.device)
+        # The one host sync per step: skipping a step needs the verdict on the host.
+        loss_value, norm_value = torch.stack([loss.detach(), grad_norm.detach().float()]).tolist()
+        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+            self.skipped_nonfinite += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return True
+        self.optimizer.step()
+        self.steps += 1
+        self.last_loss = loss_value
+        self.losses.append(loss_value)
+        self._publish()
+        return True
+
+    def _clone_state(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def _publish(self) -> None:
+        snap = Snapshot(self.steps, self._clone_state())
+        with self._snapshot_lock:
+            self._snapshot = snap
