@@ -5,10 +5,12 @@ capacity x 12 channels x H x W x 4 bytes (colour a and b, albedo, normal) plus
 a few bytes per slot. At 256^2 with 16 slots that is 50 MiB.
 
 The producer never waits for the trainer: a push claims the oldest slot and
-overwrites it. The slot is hidden from samplers while it is being written, and
-samplers copy their crops under the lock, so a crop never mixes two frames.
-The lock is held by a push only to claim and publish a slot (O(1)), and by a
-sampler only while it copies a few small crops.
+overwrites it. Both sides hold the lock only for O(1) bookkeeping, never while
+copying pixels (a sampler copying under the lock starved the producer in the
+two-thread test). Instead each slot has a generation counter, bumped when a
+push claims it: a sampler notes the generations of its slots, copies its crops
+without the lock, and redraws any crop whose slot changed generation in the
+meantime. So a crop never mixes two frames, and a push never waits on a copy.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class RingBuffer:
         self.normal = torch.zeros(shape, device=self.device)
         self.exposure = [1.0] * capacity
         self._seq = [-1] * capacity  # sequence number held by each slot; -1: empty or being written
+        self._gen = [0] * capacity  # bumped whenever a push claims the slot
         self._pushed = 0
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
@@ -78,6 +81,7 @@ class RingBuffer:
             slot = seq % self.capacity
             self._pushed += 1
             self._seq[slot] = -1
+            self._gen[slot] += 1
         bad = 0
         for dst, src in ((self.color_a, frame.color_a), (self.color_b, frame.color_b),
                          (self.albedo, frame.albedo), (self.normal, frame.normal)):
@@ -90,30 +94,38 @@ class RingBuffer:
             self.nonfinite_pixels += bad
         return seq
 
-    def sample(self, batch: int, crop: int) -> TrainBatch | None:
+    def sample(self, batch: int, crop: int, max_tries: int = 8) -> TrainBatch | None:
         """Random crops from random stored frames, each in a random direction (a->b or b->a).
 
         Returns None while the ring is empty.
         """
         ch, cw = min(crop, self.height), min(crop, self.width)
         rng = self._rng
-        with self._lock:
-            ready = [i for i, s in enumerate(self._seq) if s >= 0]
-            if not ready:
-                return None
-            picks = [rng.choice(ready) for _ in range(batch)]
-            inputs, targets, albedos, normals, exposures, frames = [], [], [], [], [], []
-            for slot in picks:
-                y, x = rng.randint(0, self.height - ch), rng.randint(0, self.width - cw)
-                win = (slot, slice(None), slice(y, y + ch), slice(x, x + cw))
-                a, b = self.color_a[win], self.color_b[win]
-                if rng.random() < 0.5:
-                    a, b = b, a
-                inputs.append(a.clone())
-                targets.append(b.clone())
-                albedos.append(self.albedo[win].clone())
-                normals.append(self.normal[win].clone())
-                exposures.append(self.exposure[slot])
-                frames.append(self._seq[slot])
-        return TrainBatch(torch.stack(inputs), torch.stack(targets), torch.stack(albedos), torch.stack(normals),
-                          torch.tensor(exposures, device=self.device).view(-1, 1, 1, 1), frames)
+        crops: list[tuple] = []
+        for _ in range(max_tries):
+            with self._lock:
+                ready = [i for i, s in enumerate(self._seq) if s >= 0]
+                if not ready:
+                    return None
+                picks = [rng.choice(ready) for _ in range(batch - len(crops))]
+                claimed = [(slot, self._gen[slot], self._seq[slot], self.exposure[slot]) for slot in picks]
+            copies = [self._copy_crop(slot, ch, cw) + (slot, gen, seq, exposure)
+                      for slot, gen, seq, exposure in claimed]
+            with self._lock:
+                crops += [c for c in copies if self._gen[c[4]] == c[5]]  # drop crops a push tore
+            if len(crops) == batch:
+                break
+        if len(crops) < batch:
+            raise RuntimeError(f"ring buffer: could not copy {batch} untorn crops in {max_tries} tries")
+        inputs, targets, albedos, normals = (torch.stack([c[i] for c in crops]) for i in range(4))
+        exposure = torch.tensor([c[7] for c in crops], device=self.device).view(-1, 1, 1, 1)
+        return TrainBatch(inputs, targets, albedos, normals, exposure, [c[6] for c in crops])
+
+    def _copy_crop(self, slot: int, ch: int, cw: int) -> tuple[torch.Tensor, ...]:
+        rng = self._rng
+        y, x = rng.randint(0, self.height - ch), rng.randint(0, self.width - cw)
+        win = (slot, slice(None), slice(y, y + ch), slice(x, x + cw))
+        a, b = self.color_a[win], self.color_b[win]
+        if rng.random() < 0.5:
+            a, b = b, a
+        return a.clone(), b.clone(), self.albedo[win].clone(), self.normal[win].clone()

@@ -62,7 +62,8 @@ class Renderer:
         self._dr = drjit
         xml = prepare_xml(self.scene_info.xml, config.width, config.height, config.spp)
         # Relative asset paths in the XML resolve against the scene's own folder.
-        mi.Thread.thread().file_resolver().prepend(str(self.scene_info.xml.parent.resolve()))
+        resolver = mi.file_resolver() if hasattr(mi, "file_resolver") else mi.Thread.thread().file_resolver()
+        resolver.prepend(str(self.scene_info.xml.parent.resolve()))
         try:
             self.scene = mi.load_string(xml)
         except Exception as e:  # Mitsuba reports every load problem as a RuntimeError

@@ -1,0 +1,117 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from online_denoise.arrays import to_hwc_numpy
+from online_denoise.denoiser import CheckpointError, Denoiser, load_checkpoint, save_checkpoint, select_device
+from online_denoise.errors import UserError
+from online_denoise.features import FeatureSpec
+from online_denoise.model import ModelConfig, UNet
+
+CFG = ModelConfig(width=8, depth=3, output="kpn")
+SPEC = FeatureSpec()
+
+
+def test_denoise_pair_averages_both_renders(frame_factory):
+    f = frame_factory(40, 24)  # not a multiple of the alignment: padded and cropped back
+    d = Denoiser(CFG, SPEC)
+    r = d.denoise_pair(f)
+    assert r.denoised.shape == (1, 3, 40, 24)
+    torch.testing.assert_close(r.denoised, (r.denoised_a + r.denoised_b) / 2)
+    torch.testing.assert_close(r.denoised_a, d.denoise(f.color_a, f.albedo, f.normal))
+    assert (r.denoised >= 0).all()
+
+
+def test_nonfinite_input_gives_finite_output(frame_factory):
+    f = frame_factory(32, 32)
+    f.color_a[3, 3] = np.nan
+    f.color_a[4, 4] = np.inf
+    out = Denoiser(ModelConfig(width=8, depth=3), SPEC).denoise(f.color_a, f.albedo, f.normal)
+    assert torch.isfinite(out).all()
+
+
+def test_checkpoint_round_trip(tmp_path, frame_factory):
+    torch.manual_seed(1)
+    model = UNet(CFG)
+    path = save_checkpoint(tmp_path / "m.pt", model, CFG, SPEC, {"steps": 7})
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    ckpt = load_checkpoint(path, expect=SPEC)
+    assert ckpt.model_config == CFG and ckpt.spec == SPEC and ckpt.meta["steps"] == 7
+    f = frame_factory()
+    ref = Denoiser(CFG, SPEC)
+    ref.model.load_state_dict(model.state_dict())
+    torch.testing.assert_close(ckpt.denoiser().denoise(f.color_a, f.albedo, f.normal),
+                               ref.denoise(f.color_a, f.albedo, f.normal))
+
+
+def test_checkpoint_from_another_feature_set_is_refused(tmp_path):
+    spec = FeatureSpec(("color", "albedo"))
+    cfg = ModelConfig(in_channels=6, width=8, depth=3)
+    path = save_checkpoint(tmp_path / "m.pt", UNet(cfg), cfg, spec)
+    with pytest.raises(CheckpointError, match="trained on color\\+albedo .* this run uses color\\+albedo\\+normal"):
+        load_checkpoint(path, expect=SPEC)
+
+
+def test_garbage_and_truncated_checkpoints_are_refused(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable"):
+        load_checkpoint(junk)
+    good = save_checkpoint(tmp_path / "good.pt", UNet(CFG), CFG, SPEC)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="cut.pt"):
+        load_checkpoint(cut)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_plain_torch_file_is_not_ours(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(UNet(CFG).state_dict(), path)
+    with pytest.raises(CheckpointError, match="not an online_denoise checkpoint"):
+        load_checkpoint(path)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "online_denoise.checkpoint", "x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(path)
+
+
+def test_save_failure_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "m.pt", UNet(CFG), CFG, SPEC, {"steps": 1})
+    before = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError):
+        save_checkpoint(path, UNet(CFG), CFG, SPEC)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_device_selection():
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--device cuda"):
+            select_device("cuda")
+    with pytest.raises(UserError, match="--device"):
+        select_device("tpu")
+
+
+def test_to_hwc_numpy_round_trip(frame_factory):
+    from online_denoise.arrays import to_chw
+
+    x = frame_factory().color_a
+    np.testing.assert_array_equal(to_hwc_numpy(to_chw(x, "cpu")), x)

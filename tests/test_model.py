@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from online_denoise.arrays import pad_to
+from online_denoise.config import PRESETS
+from online_denoise.model import ModelConfig, UNet, apply_kernels, count_parameters
+
+
+def test_paper_architecture_channels():
+    m = UNet(PRESETS["paper"].model)
+    assert m.alignment == 32
+    convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
+    # Table 2: ENC_CONV0..6 (7 convs of 48), DEC_CONV5A..2B (8 convs of 96), DEC_CONV1A 64, 1B 32, 1C 3.
+    assert [c.out_channels for c in convs] == [48] * 7 + [96] * 8 + [64, 32, 3]
+    assert convs[0].in_channels == 9
+    # CONCAT5: 48 + 48, CONCAT4..2: 96 + 48, CONCAT1: 96 + n
+    assert [c.in_channels for c in convs[7:15:2]] == [96, 144, 144, 144]
+    assert convs[15].in_channels == 96 + 9
+    assert all(c.kernel_size == (3, 3) for c in convs)
+
+
+def test_he_initialisation():
+    torch.manual_seed(0)
+    m = UNet(ModelConfig(width=48))
+    w = m.enc[2].weight  # 48 -> 48, fan_in 432
+    expected_std = (2.0 / (1 + 0.1 ** 2) / (48 * 9)) ** 0.5
+    assert w.std().item() == pytest.approx(expected_std, rel=0.05)
+    assert torch.all(m.enc[2].bias == 0)
+
+
+@pytest.mark.parametrize("output", ["direct", "kpn"])
+@pytest.mark.parametrize("depth", [2, 5])
+def test_forward_shapes(output, depth):
+    m = UNet(ModelConfig(width=8, depth=depth, output=output))
+    x = torch.rand(2, 9, 64, 64)
+    assert m(x, torch.rand(2, 3, 64, 64)).shape == (2, 3, 64, 64)
+
+
+def test_width_and_head_scale():
+    small = ModelConfig(width=16)
+    assert small.decoder_channels == 32 and small.head_channels == (21, 11)
+    assert count_parameters(UNet(small)) < count_parameters(UNet(ModelConfig(width=48))) / 5
+
+
+def test_pad_to_alignment_and_back():
+    x = torch.rand(1, 3, 37, 50)
+    padded, size = pad_to(x, 32)
+    assert padded.shape[-2:] == (64, 64) and size == (37, 50)
+    torch.testing.assert_close(padded[..., :37, :50], x)
+    torch.testing.assert_close(padded[..., 63, :50], x[..., 36, :])  # replicated edge
+
+
+def test_kpn_is_a_convex_combination():
+    color = torch.rand(1, 3, 16, 16) * 5
+    logits = torch.randn(1, 25, 16, 16) * 3
+    out = apply_kernels(color, logits, 5)
+    assert out.min() >= 0 and out.max() <= color.max() + 1e-5
+    flat = torch.full((1, 3, 16, 16), 0.7)
+    torch.testing.assert_close(apply_kernels(flat, logits, 5), flat)  # weights sum to one, borders too
+
+
+def test_kpn_with_one_hot_kernel_is_identity():
+    color = torch.rand(1, 3, 8, 8)
+    logits = torch.full((1, 9, 8, 8), -1e4)
+    logits[:, 4] = 0  # centre tap of a 3x3 kernel
+    torch.testing.assert_close(apply_kernels(color, logits, 3), color)
+
+
+def test_invalid_configs():
+    with pytest.raises(ValueError):
+        ModelConfig(output="magic")
+    with pytest.raises(ValueError):
+        ModelConfig(kernel_size=4)
+    assert ModelConfig.from_dict(ModelConfig(width=12, head=(8, 4)).to_dict()) == ModelConfig(width=12, head=(8, 4))

@@ -1,0 +1,212 @@
+"""The Mitsuba side, on tiny renders."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from renderer import RenderConfig, Renderer, RendererError, SceneError, resolve_scene
+from renderer import variant as variant_mod
+from renderer.scene import prepare_xml
+
+
+def test_render_pair_shapes_types_and_timing(tiny_renderer):
+    f = tiny_renderer.render_pair(tiny_renderer.initial_pose, index=3)
+    for name in ("color_a", "color_b", "albedo", "normal"):
+        x = getattr(f, name)
+        assert isinstance(x, np.ndarray) and x.shape == (32, 32, 3) and x.dtype == np.float32, name
+    assert f.index == 3 and f.spp == 1 and f.timings["render"] > 0
+    assert np.isfinite(f.color_a).all() and f.color_a.max() > 0
+    assert not np.array_equal(f.color_a, f.color_b)
+
+
+def test_seeds_are_distinct_and_never_reused(tiny_renderer):
+    seen = []
+    for i in range(5):
+        seen += tiny_renderer.render_pair(tiny_renderer.initial_pose, i).seeds
+    assert len(set(seen)) == len(seen)
+
+
+def test_albedo_is_clamped_and_normals_are_unit_where_geometry_is_hit(tiny_renderer):
+    f = tiny_renderer.render_pair(tiny_renderer.initial_pose)
+    assert f.albedo.min() >= 0 and f.albedo.max() <= 1
+    n = np.linalg.norm(f.normal, axis=-1)
+    hit = n > 0
+    assert hit.mean() > 0.5
+    np.testing.assert_allclose(n[hit], 1.0, atol=1e-3)  # 1 spp: one sample per pixel
+
+
+def test_the_two_renders_are_independent():
+    """Correlation of the two renders' errors, averaged over 20 pairs, is zero.
+
+    Values are compressed with v / (1 + v) first: raw radiance is so heavy-tailed
+    that one firefly decides a Pearson correlation. The per-pixel mean of 100
+    further renders stands in for the expectation. A reused seed would give 1;
+    one pair's estimate has a spread of about 0.05, so the mean of 20 has 0.01.
+    """
+    r = Renderer(RenderConfig(width=48, height=48, spp=2))
+    pose = r.initial_pose
+
+    def compress(x):
+        return x / (1 + x)
+
+    mean = np.mean([compress(r.render_color(pose, 2)) for _ in range(100)], axis=0)
+    corrs = []
+    for i in range(20):
+        f = r.render_pair(pose, i)
+        ea, eb = compress(f.color_a) - mean, compress(f.color_b) - mean
+        corrs.append(np.corrcoef(ea.ravel(), eb.ravel())[0, 1])
+    assert abs(np.mean(corrs)) < 0.03, corrs
+
+
+def test_camera_moves_compile_no_new_kernels(tiny_renderer):
+    """After the first frame, a new pose runs only kernels that are already in memory.
+
+    A kernel that had to be compiled (or fetched from the disk cache) would show
+    up in drjit's kernel history with cache_hit False or cache_disk True.
+    """
+    import drjit as dr
+
+    r = tiny_renderer
+    r.render_pair(r.initial_pose)  # first frame: compiles or loads from disk
+    dr.set_flag(dr.JitFlag.KernelHistory, True)
+    try:
+        for t in (0.0, 3.1, 7.7, 12.4):
+            dr.kernel_history()  # clears
+            r.render_pair(r.path.pose(t))
+            kernels = [k for k in dr.kernel_history() if k["type"] == dr.KernelType.JIT]
+            assert kernels, "no kernels recorded"
+            assert all(k["cache_hit"] and not k["cache_disk"] for k in kernels), f"pose t={t} compiled a kernel"
+    finally:
+        dr.set_flag(dr.JitFlag.KernelHistory, False)
+
+
+def test_pose_changes_the_image(tiny_renderer):
+    r = tiny_renderer
+    a = r.render_color(r.path.pose(0.0), 16)
+    b = r.render_color(r.path.pose(10.0), 16)
+    assert np.abs(a - b).mean() > 0.01
+
+
+def test_high_spp_render_is_split_into_passes_and_converges(tiny_renderer):
+    r = tiny_renderer
+    ref = r.render_color(r.initial_pose, 512)
+    low = r.render_color(r.initial_pose, 4)
+    mid = r.render_color(r.initial_pose, 128)
+    assert np.mean((mid - ref) ** 2) < np.mean((low - ref) ** 2) / 8
+
+
+def test_scene_by_path_and_path_json(tmp_path):
+    info = resolve_scene("cornell-box")
+    assert info.xml.name == "scene.xml" and info.path_json is not None
+    assert resolve_scene(str(info.xml)).xml == info.xml
+    assert resolve_scene(str(info.xml.parent)).xml == info.xml
+
+
+def test_unknown_scene_lists_the_choices():
+    with pytest.raises(SceneError, match="--scene nowhere: no such scene; expected one of .*cornell-box"):
+        resolve_scene("nowhere")
+
+
+def test_prepare_xml_sets_film_filter_and_sampler(tmp_path):
+    xml = tmp_path / "s.xml"
+    xml.write_text('<scene version="3.0.0"><sensor type="perspective"><sampler type="stratified"/>'
+                   '<film type="hdrfilm"><rfilter type="gaussian"/></film></sensor>'
+                   '<sensor type="perspective"/><shape type="sphere"/></scene>')
+    out = prepare_xml(xml, 20, 10, 3)
+    assert out.count("<sensor") == 1 and 'type="box"' in out and 'type="independent"' in out
+    assert 'type="gaussian"' not in out and 'type="stratified"' not in out
+    assert 'name="width" value="20"' in out and 'name="sample_count" value="3"' in out
+    assert '<integrator type="path"' in out
+
+
+@pytest.mark.parametrize("text, message", [
+    ('<scene version="3.0.0"><shape type="sphere">', "malformed XML at line 1"),
+    ('<notascene/>', "expected a Mitsuba <scene> root"),
+])
+def test_bad_xml(tmp_path, text, message):
+    xml = tmp_path / "bad.xml"
+    xml.write_text(text)
+    with pytest.raises(SceneError, match=message):
+        prepare_xml(xml, 8, 8, 1)
+
+
+def test_mitsuba_load_errors_are_reported_with_the_file(tmp_path):
+    xml = tmp_path / "unknown_plugin.xml"
+    xml.write_text('<scene version="3.0.0"><shape type="teapot_of_doom"/></scene>')
+    with pytest.raises(SceneError, match="unknown_plugin.xml: Mitsuba could not load it"):
+        Renderer(RenderConfig(scene=str(xml), width=8, height=8, spp=1))
+
+
+def test_scene_without_sensor_or_path_gets_an_orbit(tmp_path):
+    xml = tmp_path / "ball.xml"
+    xml.write_text('<scene version="3.0.0"><emitter type="constant"/>'
+                   '<shape type="sphere"><float name="radius" value="2"/></shape></scene>')
+    r = Renderer(RenderConfig(scene=str(xml), width=16, height=16, spp=1))
+    assert r.path.source == "<orbit>"
+    img = r.render_color(r.path.pose(1.0), 4)
+    assert img.std() > 0  # the sphere is in view
+
+
+def test_render_config_validation():
+    with pytest.raises(RendererError, match="--res"):
+        RenderConfig(width=0)
+    with pytest.raises(RendererError, match="--spp"):
+        RenderConfig(spp=0)
+
+
+# -- variant selection -------------------------------------------------------
+
+def test_llvm_version_parsing():
+    parse = variant_mod._version_from_name
+    assert parse("libLLVM-19.so") == 19
+    assert parse("libLLVM.so.19.1") == 19
+    assert parse("libLLVM-14.0.6.so.1") == 14
+    assert parse("libLLVM.so.1") is None
+    assert parse("libLLVM.so") is None
+
+
+def test_variant_order(monkeypatch):
+    lib19 = variant_mod.LLVMLibrary("/x/libLLVM-19.so", 19)
+    monkeypatch.setattr(variant_mod, "cuda_usable", lambda: True)
+    assert variant_mod.choose_variant() == "cuda_ad_rgb"
+    monkeypatch.setattr(variant_mod, "cuda_usable", lambda: False)
+    monkeypatch.setattr(variant_mod, "usable_llvm", lambda: lib19)
+    assert variant_mod.choose_variant("auto") == "llvm_ad_rgb"
+    monkeypatch.setattr(variant_mod, "usable_llvm", lambda: None)
+    monkeypatch.setattr(variant_mod, "find_libllvm",
+                        lambda: [variant_mod.LLVMLibrary("/x/libLLVM-15.so", 15)])
+    with pytest.warns(RuntimeWarning, match="found: 15.*scalar_rgb.*libllvm19"):
+        assert variant_mod.choose_variant() == "scalar_rgb"
+    with pytest.raises(variant_mod.VariantError, match="needs libLLVM >= 16 .found: 15.*libllvm19"):
+        variant_mod.choose_variant("llvm_ad_rgb")
+    with pytest.raises(variant_mod.VariantError, match="--variant cuda_ad_rgb: no usable NVIDIA GPU"):
+        variant_mod.choose_variant("cuda_ad_rgb")
+    with pytest.raises(variant_mod.VariantError, match="expected one of"):
+        variant_mod.choose_variant("spectral_magic")
+
+
+def test_old_llvm_override_is_refused_before_drjit_loads_it(monkeypatch):
+    monkeypatch.setenv("DRJIT_LIBLLVM_PATH", "/usr/lib/x86_64-linux-gnu/libLLVM-15.so.1")
+    with pytest.raises(variant_mod.VariantError, match="DRJIT_LIBLLVM_PATH=.*not libLLVM >= 16"):
+        variant_mod.usable_llvm()
+
+
+def test_the_llvm_found_is_recent_enough():
+    lib = variant_mod.usable_llvm()
+    assert lib is not None and lib.major >= 16, "set-up should have installed libllvm19"
+
+
+def test_scalar_fallback_renders(tmp_path):
+    """scalar_rgb in a fresh process (a process runs one variant)."""
+    code = ("from renderer import Renderer, RenderConfig\n"
+            "r = Renderer(RenderConfig(width=8, height=8, spp=1, variant='scalar_rgb'))\n"
+            "f = r.render_pair(r.initial_pose)\n"
+            "assert f.color_a.shape == (8, 8, 3) and f.albedo.max() <= 1\n"
+            "print(r.variant)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "scalar_rgb"

@@ -1,0 +1,105 @@
+import threading
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from online_denoise.ring import RingBuffer
+
+
+def const_frame(value, h=16, w=16):
+    """Frame whose every pixel encodes `value`: a = value, b = value + 0.5, albedo = value / 1000."""
+    full = lambda v: np.full((h, w, 3), v, np.float32)  # noqa: E731
+    return SimpleNamespace(color_a=full(value), color_b=full(value + 0.5), albedo=full(value / 1000),
+                           normal=full(0.0))
+
+
+def test_memory_bound_is_what_is_allocated():
+    ring = RingBuffer(5, 24, 40)
+    assert ring.nbytes == RingBuffer.bytes_for(5, 24, 40) == 5 * 12 * 24 * 40 * 4
+
+
+def test_push_overwrites_the_oldest():
+    ring = RingBuffer(3, 16, 16)
+    for v in range(5):
+        ring.push(const_frame(float(v)))
+    assert len(ring) == 3 and ring.pushed == 5
+    seen = set()
+    for _ in range(50):
+        batch = ring.sample(4, 8)
+        seen.update(batch.frames)
+    assert seen == {2, 3, 4}
+
+
+def test_empty_ring_samples_nothing():
+    assert RingBuffer(2, 8, 8).sample(4, 8) is None
+
+
+def test_sample_shapes_crop_clipping_and_both_directions():
+    ring = RingBuffer(2, 16, 24)
+    ring.push(const_frame(1.0, 16, 24))
+    directions = set()
+    for _ in range(40):
+        b = ring.sample(3, 32)  # larger than the frame: clipped to its 16 x 24
+        assert b.input.shape == (3, 3, 16, 24)
+        assert b.input.shape == b.target.shape == b.albedo.shape == b.normal.shape
+        directions.update(float(v) for v in b.input[:, 0, 0, 0])
+        torch.testing.assert_close(b.input + b.target, torch.full_like(b.input, 2.5))
+    assert directions == {1.0, 1.5}
+
+
+def test_nonfinite_pixels_are_sanitised_and_counted():
+    ring = RingBuffer(1, 8, 8)
+    f = const_frame(1.0, 8, 8)
+    f.color_a[0, 0] = [np.nan, np.inf, -np.inf]
+    ring.push(f)
+    assert ring.nonfinite_pixels == 3
+    assert torch.isfinite(ring.color_a).all()
+
+
+def test_wrong_frame_size_is_refused():
+    with pytest.raises(ValueError, match="ring holds"):
+        RingBuffer(2, 8, 8).push(const_frame(0.0, 16, 16))
+
+
+def test_hammered_from_two_threads_every_crop_comes_from_one_whole_frame():
+    ring = RingBuffer(4, 32, 32, seed=1)
+    stop = threading.Event()
+    errors = []
+
+    def producer():
+        v = 0
+        while not stop.is_set():
+            ring.push(const_frame(float(v), 32, 32))
+            v += 1
+
+    def consumer():
+        try:
+            samples = 0
+            while samples < 400 or ring.pushed < 200:  # both sides must have done real work
+                samples += 1
+                b = ring.sample(4, 16)
+                if b is None:
+                    continue
+                for i in range(4):
+                    inp, tgt, alb = b.input[i], b.target[i], b.albedo[i]
+                    lo = min(inp.min().item(), tgt.min().item())
+                    # A torn crop would mix values of two frames.
+                    assert inp.min() == inp.max() and tgt.min() == tgt.max(), "crop mixes frames"
+                    assert abs(inp.max().item() - tgt.max().item()) == 0.5, "input and target of different frames"
+                    assert alb.max().item() == pytest.approx(lo / 1000), "aux of another frame"
+                    assert lo == b.frames[i], "sequence number does not match the pixels"
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=producer), threading.Thread(target=consumer)]
+    for t in threads:
+        t.start()
+    threads[1].join(timeout=120)
+    assert not threads[1].is_alive(), "the producer starved"
+    stop.set()
+    threads[0].join(timeout=30)
+    assert not errors, errors[0]
+    assert ring.pushed >= 200

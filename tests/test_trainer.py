@@ -1,0 +1,138 @@
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from online_denoise.features import FeatureSpec
+from online_denoise.model import ModelConfig, UNet
+from online_denoise.ring import RingBuffer
+from online_denoise.trainer import TrainConfig, Trainer, TrainerError
+
+SPEC = FeatureSpec()
+
+
+def make_trainer(frames, output="kpn", **train):
+    torch.manual_seed(0)
+    h, w = frames[0].color_a.shape[:2]
+    ring = RingBuffer(len(frames), h, w, seed=0)
+    for f in frames:
+        ring.push(f)
+    model = UNet(ModelConfig(width=8, depth=2, output=output))
+    cfg = TrainConfig(**{"lr": 1e-3, "batch": 2, "crop": 32, **train})
+    return Trainer(model, SPEC, ring, cfg)
+
+
+def checker_pair(frame_factory):
+    """A sharp 4-pixel checkerboard (0.1 / 2.0) with independent noise on a and b.
+
+    An untrained kpn head blurs it and the direct head outputs noise, so both
+    start far above the noise floor and must learn the edges to get down.
+    """
+    f = frame_factory(32, 32, seed=3)
+    yy, xx = np.mgrid[:32, :32]
+    clean = np.where(((yy // 4) + (xx // 4)) % 2 == 0, 0.1, 2.0).astype(np.float32)[..., None].repeat(3, -1)
+    rng = np.random.default_rng(1)
+    f.color_a = (clean * rng.gamma(4.0, 0.25, clean.shape)).astype(np.float32)
+    f.color_b = (clean * rng.gamma(4.0, 0.25, clean.shape)).astype(np.float32)
+    f.albedo = (clean / 2.0).clip(0, 1)
+    return f
+
+
+@pytest.mark.parametrize("output", ["kpn", "direct"])
+def test_loss_falls_on_a_fixed_pair(frame_factory, output):
+    tr = make_trainer([checker_pair(frame_factory)], output=output)
+    for _ in range(120):
+        assert tr.step()
+    first, last = np.mean(list(tr.losses)[:10]), np.mean(list(tr.losses)[-10:])
+    assert last < 0.6 * first, (first, last)
+    assert tr.steps == 120 and tr.snapshot().version == 120
+
+
+def test_nan_and_inf_pixels_do_not_poison_the_weights(frame_factory):
+    f = frame_factory(32, 32)
+    f.color_a[::3, ::5] = np.nan
+    f.color_b[1::4, ::2] = np.inf
+    f.albedo[5, 5] = np.nan
+    f.normal[7, 7] = -np.inf
+    tr = make_trainer([f])
+    for _ in range(10):
+        tr.step()
+    assert tr.skipped_nonfinite == 0
+    assert all(torch.isfinite(p).all() for p in tr.model.parameters())
+    assert math.isfinite(tr.last_loss)
+
+
+def test_nonfinite_loss_skips_the_step_and_is_counted(frame_factory):
+    tr = make_trainer([frame_factory()])
+    tr.step()
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr.loss_fn = lambda pred, target: (pred * float("nan")).mean()
+    tr.step()
+    assert tr.skipped_nonfinite == 1 and tr.steps == 1
+    for k, v in tr.model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_thread_trains_per_frame_publishes_versions_and_stops(frame_factory):
+    tr = make_trainer([frame_factory()], steps_per_frame=3).start()
+    for _ in range(3):
+        tr.notify_frame()
+        deadline = time.time() + 30
+        while tr.steps % 3 != 0 or tr.steps == 0:
+            assert time.time() < deadline
+            time.sleep(0.01)
+    deadline = time.time() + 30
+    while tr.steps < 3:
+        assert time.time() < deadline
+        time.sleep(0.01)
+    tr.stop()
+    assert not tr.alive
+    assert tr.steps % 3 == 0 and tr.snapshot().version == tr.steps
+    tr.stop()  # twice is fine
+
+
+def test_budget_mode_takes_several_steps_per_frame(frame_factory):
+    tr = make_trainer([frame_factory()], budget_ms=300.0).start()
+    tr.notify_frame()
+    time.sleep(1.0)
+    tr.stop()
+    assert tr.steps > 1
+
+
+def test_an_exception_in_the_thread_reaches_the_caller(frame_factory):
+    tr = make_trainer([frame_factory()])
+
+    def boom(pred, target):
+        raise RuntimeError("out of cheese")
+
+    tr.loss_fn = boom
+    tr.start()
+    tr.notify_frame()
+    deadline = time.time() + 30
+    while tr.alive:
+        assert time.time() < deadline, "trainer did not die"
+        time.sleep(0.01)
+    with pytest.raises(TrainerError, match="out of cheese"):
+        tr.check()
+    tr.stop()
+
+
+def test_pause_holds_training(frame_factory):
+    tr = make_trainer([frame_factory()]).start()
+    tr.set_paused(True)
+    tr.notify_frame()
+    time.sleep(0.3)
+    assert tr.steps == 0
+    tr.set_paused(False)
+    deadline = time.time() + 30
+    while tr.steps == 0:
+        assert time.time() < deadline
+        time.sleep(0.01)
+    tr.stop()
+
+
+def test_invalid_loss_name():
+    with pytest.raises(ValueError, match="hdr"):
+        TrainConfig(loss="l7")
