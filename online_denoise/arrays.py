@@ -20,6 +20,14 @@ def to_chw(x: Any, device: torch.device | str) -> torch.Tensor:
     return t.to(device=device, dtype=torch.float32).permute(2, 0, 1).unsqueeze(0)
 
 
+def to_numpy(x: Any) -> np.ndarray:
+    """A float32 numpy copy or view of numpy, torch or DLPack (e.g. drjit CUDA) arrays."""
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float32, copy=False)
+    t = x if isinstance(x, torch.Tensor) else torch.from_dlpack(x)
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
 def to_hwc_numpy(x: torch.Tensor) -> np.ndarray:
     """1 x C x H x W tensor to an H x W x C float32 numpy array."""
     return x[0].permute(1, 2, 0).detach().to("cpu", torch.float32).contiguous().numpy()

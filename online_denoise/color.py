@@ -106,7 +106,9 @@ def autoexposure(color) -> float:
     Black pixels are left out of the average so that a mostly empty frame is not
     blown up; an all-black frame gets a scale of 1.
     """
-    lum = np.asarray(luminance(color if not _is_torch(color) else color.detach().cpu().numpy()), np.float64)
+    from .arrays import to_numpy
+
+    lum = luminance(to_numpy(color).astype(np.float64))
     lum = lum[np.isfinite(lum) & (lum > AUTOEXPOSURE_EPS)]
     if lum.size == 0:
         return 1.0

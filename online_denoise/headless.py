@@ -16,9 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from .arrays import to_hwc_numpy
+from .arrays import to_hwc_numpy, to_numpy
 from .exr import write_exr
 from .files import atomic_write_json
 from .images import save_png, strip
@@ -112,11 +110,11 @@ def run_headless(session: Session, options: HeadlessOptions, checkpoint_name: st
         out=str(out),
     )
     if last is not None:
-        noisy = np.asarray(last.frame.color_a)
+        noisy = to_numpy(last.frame.color_a)
         denoised = to_hwc_numpy(last.denoised)
         panels = [noisy, denoised]
         if options.reference_spp > 0 and not interrupted:
-            reference = np.asarray(renderer.render_color(last.frame.pose, options.reference_spp))
+            reference = to_numpy(renderer.render_color(last.frame.pose, options.reference_spp))
             write_exr(out / "reference.exr", reference)
             panels.append(reference)
             summary.psnr_denoised = psnr(denoised, reference, options.exposure)

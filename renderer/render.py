@@ -41,12 +41,15 @@ class RenderConfig:
     variant: str | None = None  # None or "auto": cuda_ad_rgb, then llvm_ad_rgb, then scalar_rgb
     seed: int = 0  # selects this session's block of seeds
     path: str | None = None  # camera path JSON; None: the scene's path.json, else an orbit
+    arrays: str = "auto"  # "numpy", or "dlpack" (drjit tensors for zero-copy torch); auto: dlpack on CUDA
 
     def __post_init__(self):
         if self.width < 1 or self.height < 1:
             raise RendererError(f"--res {self.width}x{self.height}: width and height must be positive")
         if self.spp < 1 or (self.aux_spp is not None and self.aux_spp < 1):
             raise RendererError(f"--spp {self.spp}: expected a positive sample count")
+        if self.arrays not in ("auto", "numpy", "dlpack"):
+            raise RendererError(f"arrays {self.arrays!r}: expected auto, numpy or dlpack")
         if not 0 <= self.seed < (1 << 32) // SEEDS_PER_SESSION:
             raise RendererError(f"--seed {self.seed}: expected 0 to {(1 << 32) // SEEDS_PER_SESSION - 1}")
 
@@ -72,6 +75,9 @@ class Renderer:
         self.sensor = self.scene.sensors()[0]
         self._color_integrator = self.scene.integrator()
         self._aux_integrator = mi.load_dict({"type": "aov", "aovs": "albedo:albedo,nn:sh_normal"})
+        self.keeps_jit_arrays = config.arrays == "dlpack" or (config.arrays == "auto" and self.variant.startswith("cuda"))
+        if self.keeps_jit_arrays and self.variant.startswith("scalar"):
+            raise RendererError("arrays 'dlpack' needs a JIT variant (cuda_ad_rgb or llvm_ad_rgb)")
         self._params = mi.traverse(self.scene)
         self._sensor_key = self._find_sensor_key()
         self._next_seed = config.seed * SEEDS_PER_SESSION
@@ -132,9 +138,9 @@ class Renderer:
 
     def _pass(self, integrator, seed: int, spp: int):
         image = integrator.render(self.scene, self.sensor, seed=seed, spp=spp)
-        if self.variant.startswith("cuda"):
-            # Stay on the GPU for DLPack, but finish the kernel first: torch reads the memory on
-            # its own stream, and the stage timings would otherwise measure only the launch.
+        if self.keeps_jit_arrays:
+            # Stay where drjit computed it (the GPU on CUDA) for DLPack, but finish the kernel first:
+            # torch reads the memory on its own stream, and the timings would only measure the launch.
             self._dr.eval(image)
             self._dr.sync_thread()
             return image

@@ -122,3 +122,22 @@ def test_error_estimate_is_exact_in_expectation_on_synthetic_noise():
     est = error_estimate(fa, fb, a, b)
     assert est["mse"] == pytest.approx(0.05 ** 2, rel=0.1)
     assert est["noisy_mse"] == pytest.approx(0.2 ** 2, rel=0.02)
+
+
+def test_the_zero_copy_dlpack_path_end_to_end():
+    """Frames as drjit tensors, handed to torch through DLPack: what cuda_ad_rgb does, run on LLVM."""
+    from renderer import Renderer, RenderConfig
+
+    r = Renderer(RenderConfig(width=32, height=32, spp=1, arrays="dlpack"))
+    f = r.render_pair(r.initial_pose)
+    assert type(f.color_a).__module__.startswith("drjit")
+    s = Session(r, SessionConfig(MODEL, FeatureSpec(exposure="auto"), TrainConfig(crop=32, batch=2), "cpu", 4))
+    try:
+        for i in range(4):
+            res = s.step(r.initial_pose)
+            assert type(res.frame.color_b).__module__.startswith("drjit")
+            slot = i % s.ring.capacity
+            torch.testing.assert_close(s.ring.color_b[slot], to_chw(res.frame.color_b, "cpu")[0])
+        assert np.isfinite(res.estimate["mse"]) and res.denoised.shape == (1, 3, 32, 32)
+    finally:
+        s.close()
