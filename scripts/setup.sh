@@ -94,10 +94,12 @@ if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
         "${pip[@]}" install torch
     else
         say "no NVIDIA GPU: installing the CPU build of torch"
-        # A CPU wheel from a local wheelhouse (pip's find-links) if there is one,
-        # else PyTorch's CPU index; never the default index, whose Linux wheels need CUDA.
-        "${pip[@]}" install --no-index torch==2.13.0 2>/dev/null ||
-            "${pip[@]}" install --index-url https://download.pytorch.org/whl/cpu torch
+        # The +cpu local version matches only CPU builds: a local wheelhouse's (pip's
+        # find-links) if there is one, else PyTorch's CPU index. Never a plain `torch`
+        # from the default index, whose Linux wheels depend on CUDA.
+        "${pip[@]}" install "torch==2.13.0+cpu" 2>/dev/null ||
+            "${pip[@]}" install torch --index-url https://download.pytorch.org/whl/cpu \
+                --extra-index-url https://pypi.org/simple
     fi
 fi
 
