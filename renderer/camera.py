@@ -194,7 +194,7 @@ class CameraPath:
     """
 
     def __init__(self, keyframes: list[Keyframe], loop: bool = False, duration: float | None = None,
-                 source: str = "<path>"):
+                 source: str = "<path>", bounds: tuple[np.ndarray, np.ndarray] | None = None):
         if len(keyframes) < 2:
             raise PathError(f"{source}: a path needs at least 2 keyframes, got {len(keyframes)}")
         times = [k.time for k in keyframes]
@@ -206,6 +206,7 @@ class CameraPath:
         if duration < last or (loop and duration <= last):
             raise PathError(f"{source}: duration {duration} must exceed the last keyframe time {last}")
         self.keyframes = keyframes
+        self.bounds = bounds  # where the camera may go (min, max), if the author said
         self.loop = loop
         self.duration = float(duration)
         self.source = source
@@ -253,9 +254,12 @@ class CameraPath:
         return Pose(np.asarray(position, float), matrix_from_quat(q), float(fov))
 
     def to_json(self) -> dict:
+        bounds = {} if self.bounds is None else {
+            "bounds": {"min": [float(v) for v in self.bounds[0]], "max": [float(v) for v in self.bounds[1]]}}
         return {
             "loop": self.loop,
             "duration": self.duration,
+            **bounds,
             "keyframes": [
                 {"time": k.time, **Pose(k.position, matrix_from_quat(k.orientation), k.fov).to_json()}
                 for k in self.keyframes
@@ -314,7 +318,17 @@ def path_from_json(data, source: str = "<path>", default_fov: float = 40.0) -> C
         duration = None if duration is None else float(duration)
     except (TypeError, ValueError):
         raise PathError(f"{source}: 'duration' must be a number") from None
-    return CameraPath(keyframes, loop=bool(data.get("loop", False)), duration=duration, source=source)
+    bounds = None
+    if "bounds" in data:
+        b = data["bounds"]
+        if not isinstance(b, dict) or "min" not in b or "max" not in b:
+            raise PathError(f"{source}: 'bounds' must be an object with 'min' and 'max'")
+        lo, hi = _vec3(b["min"], "bounds min", source), _vec3(b["max"], "bounds max", source)
+        if np.any(lo >= hi):
+            raise PathError(f"{source}: bounds min {lo.tolist()} must be below max {hi.tolist()} on every axis")
+        bounds = (lo, hi)
+    return CameraPath(keyframes, loop=bool(data.get("loop", False)), duration=duration, source=source,
+                      bounds=bounds)
 
 
 def load_path(path: str | Path, default_fov: float = 40.0) -> CameraPath:
