@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--reference-spp", type=int, default=1024,
                    help="spp of the final reference for the strip and PSNR (0: skip; default 1024)")
     g.add_argument("--exposure", type=float, default=0.0, help="display exposure in stops")
+    g.add_argument("--screenshot", default=None, help="window: save a PNG of it when --frames is reached")
+    g.add_argument("--view", default="denoised", help="window: first view (denoised, noisy, albedo, normal, "
+                   "difference, split)")
 
     sub.add_parser("scenes", help="list the built-in scenes")
     return p
@@ -84,10 +87,9 @@ def _cmd_fly(args) -> int:
     config = {**run.to_dict(), "scene": str(renderer.scene_info.xml), "variant": renderer.variant,
               "device": str(device), "checkpoint": args.checkpoint}
     if not headless:
-        from .viewer.app import ViewerOptions, run_viewer
-
-        return run_viewer(session, ViewerOptions(out=out, frames=args.frames, exposure=args.exposure,
-                                                 path_fps=args.path_fps, config=config))
+        code = _run_window(session, args, out, config)
+        if code is not None:
+            return code
     options = HeadlessOptions(frames=args.frames or 300, out=out, save_every=args.save_every,
                               path_fps=args.path_fps, reference_spp=args.reference_spp,
                               exposure=args.exposure, config=config)
@@ -96,6 +98,27 @@ def _cmd_fly(args) -> int:
     summary = run_headless(session, options)
     print(summary.line(scene.name))
     return 130 if summary.interrupted else 0
+
+
+def _run_window(session, args, out: Path, config: dict) -> int | None:
+    """Run the viewer; None if no window could be opened (the caller then runs headless)."""
+    from .viewer.display import VIEW_MODES
+
+    if args.view not in VIEW_MODES:
+        raise UserError(f"--view {args.view}: expected one of {', '.join(VIEW_MODES)}")
+    try:
+        from .viewer.app import ViewerOptions, run_viewer
+        from .viewer.window import WindowError
+
+        options = ViewerOptions(out=out, frames=args.frames, exposure=args.exposure, view=args.view,
+                                screenshot=Path(args.screenshot) if args.screenshot else None, config=config)
+        return run_viewer(session, options)
+    except (ImportError, OSError) as e:
+        reason = f"the GL libraries did not load ({e})"
+    except WindowError as e:
+        reason = str(e)
+    print(f"online-denoise: could not open a window: {reason}; running headless", file=sys.stderr)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,7 @@ class FrameResult:
         """The metrics.jsonl line for this frame."""
         return {
             "frame": self.frame.index,
+            "pose": self.frame.pose.to_json(),
             "ms": {k: round(v, 2) for k, v in self.timings.items()},
             "loss": None if self.loss != self.loss else round(self.loss, 6),
             "steps": self.steps,

@@ -7,7 +7,7 @@
 #     whole process on the first render. Installs Debian's libllvm19 when run as
 #     root, otherwise prints the command.
 #   - installs this package in editable mode
-# Usage: scripts/setup.sh [--test]   (--test also installs pytest and, as root, xvfb)
+# Usage: scripts/setup.sh [--test]   (--test also installs pytest and, as root, xvfb and xdotool)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,10 +58,10 @@ if [ -z "$major" ] || [ "$major" -lt 16 ]; then
     say "         scalar_rgb variant, about 4x slower. To fix it run:  sudo apt-get install libllvm19"
 fi
 
-# -- Xvfb, for the tests that open a real window -----------------------------------
-if [ "$want_test" = 1 ] && ! have Xvfb; then
-    apt_install xvfb xauth ||
-        say "Xvfb not found: the real-window tests will be skipped (to run them: sudo apt-get install xvfb)"
+# -- Xvfb and xdotool, for the tests that open a real window and send it X events -------
+if [ "$want_test" = 1 ] && { ! have Xvfb || ! have xdotool; }; then
+    apt_install xvfb xauth xdotool ||
+        say "Xvfb/xdotool not found: the real-window tests will be skipped (sudo apt-get install xvfb xdotool)"
 fi
 
 # -- virtual environment ------------------------------------------------------------
