@@ -41,3 +41,8 @@ def pad_to(x: torch.Tensor, alignment: int) -> tuple[torch.Tensor, tuple[int, in
         # Replicate rather than zero: a black border would read as a dark edge to the network.
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")
     return x, (h, w)
+
+
+def pair_average(frame) -> np.ndarray:
+    """(a + b) / 2 of a frame's two renders: the noisy image at the denoiser's own sample budget."""
+    return 0.5 * (to_numpy(frame.color_a) + to_numpy(frame.color_b))

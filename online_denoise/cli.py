@@ -13,11 +13,11 @@ from pathlib import Path
 
 from .errors import UserError
 
-SUBCOMMANDS = ("fly", "scenes")
+SUBCOMMANDS = ("fly", "bench", "reference", "scenes")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .config import add_common_flags
+    from .config import add_common_flags, add_scene_flags
 
     p = argparse.ArgumentParser(prog="online-denoise", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -37,6 +37,29 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--view", default="denoised", help="window: first view (denoised, noisy, albedo, normal, "
                    "difference, split)")
 
+    bench = sub.add_parser("bench", help="time every stage and judge quality against references and OIDN")
+    add_common_flags(bench)
+    g = bench.add_argument_group("benchmark")
+    g.add_argument("--frames", type=int, default=300, help="frames of the live loop (default 300)")
+    g.add_argument("--seconds", type=float, default=None, help="stop the live loop after this much wall-clock time")
+    g.add_argument("--every", type=int, default=30, help="judge every K-th frame (default 30)")
+    g.add_argument("--warmup", type=int, default=5, help="first frames reported apart (default 5)")
+    g.add_argument("--reference-spp", type=int, default=1024, help="spp of the references (default 1024)")
+    g.add_argument("--cache-dir", default=None, help="reference cache (default ~/.cache/online_denoise/references)")
+    g.add_argument("--static-frames", type=int, default=12, help="still frames for temporal stability (0: skip)")
+    g.add_argument("--window", action="store_true", help="upload and draw each frame in a window, timing the upload")
+    g.add_argument("--label", default="", help="name of this run in tables and comparisons")
+    g.add_argument("--out", default=None, help="report folder (default runs/bench-<scene>)")
+    g.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), default=None,
+                   help="print the differences between two reports and exit")
+
+    ref = sub.add_parser("reference", help="render (or reuse) the high-spp references a benchmark judges against")
+    add_scene_flags(ref, spp_help="samples per pixel of each reference (default 1024)")
+    g = ref.add_argument_group("references")
+    g.add_argument("--frames", type=int, default=300, help="frames of the benchmark (default 300)")
+    g.add_argument("--every", type=int, default=30, help="every K-th frame is judged (default 30)")
+    g.add_argument("--cache-dir", default=None, help="reference cache (default ~/.cache/online_denoise/references)")
+
     sub.add_parser("scenes", help="list the built-in scenes")
     return p
 
@@ -51,12 +74,81 @@ def _cmd_scenes(args) -> int:
     return 0
 
 
+def _renderer(args, spp: int, seed: int = 0):
+    from renderer import Renderer, RenderConfig
+
+    from .config import parse_res
+
+    width, height = parse_res(args.res)
+    return Renderer(RenderConfig(scene=args.scene, width=width, height=height, spp=spp, variant=args.variant,
+                                 seed=seed, path=args.path))
+
+
+def _check_positive(**values) -> None:
+    for flag, value in values.items():
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} {value}: expected a positive number")
+
+
+def _cmd_reference(args) -> int:
+    from .bench import _judged_frames
+    from .reference import ReferenceCache, render_references
+
+    spp = args.spp or 1024
+    _check_positive(spp=spp, frames=args.frames, every=args.every, path_fps=args.path_fps)
+    renderer = _renderer(args, spp=1)
+    cache = ReferenceCache(args.cache_dir)
+    marks = _judged_frames(args.frames, args.every)
+    render_references(renderer, [renderer.path.pose(i / args.path_fps) for i in marks], spp, cache)
+    print(f"{renderer.scene_info.name}: {len(marks)} references at {spp} spp for frames "
+          f"{marks[0]}..{marks[-1]} every {args.every}: {cache.hits} cached, {cache.misses} rendered, in {cache.dir}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .bench import BenchOptions, compare, load_report, run_bench, table
+    from .config import resolve
+    from .denoiser import load_checkpoint, select_device
+    from .files import ensure_writable_dir
+    from .session import Session, SessionConfig
+
+    if args.compare:
+        print(compare(load_report(args.compare[0]), load_report(args.compare[1])))
+        return 0
+    _check_positive(frames=args.frames, every=args.every, reference_spp=args.reference_spp, seconds=args.seconds)
+    if args.warmup < 0 or args.static_frames < 0:
+        raise UserError("--warmup and --static-frames must not be negative")
+    device = select_device(args.device)
+    run = resolve(args, device.type)
+    from renderer import resolve_scene
+
+    scene = resolve_scene(args.scene)
+    out = ensure_writable_dir(args.out or Path("runs") / f"bench-{scene.name}")
+    checkpoint = load_checkpoint(args.checkpoint, expect=run.features) if args.checkpoint else None
+    renderer = _renderer(args, run.spp, args.seed)
+    session = Session(renderer, SessionConfig(run.model, run.features, run.train, str(device), args.ring), checkpoint)
+    config = {**run.to_dict(), "scene": str(renderer.scene_info.xml), "variant": renderer.variant,
+              "device": str(device), "checkpoint": args.checkpoint, "seconds": args.seconds}
+    options = BenchOptions(out=out, frames=args.frames, seconds=args.seconds, every=args.every, warmup=args.warmup,
+                           reference_spp=args.reference_spp, cache_dir=args.cache_dir,
+                           static_frames=args.static_frames, path_fps=args.path_fps, window=args.window,
+                           label=args.label, config=config)
+    try:
+        report = run_bench(session, options)
+    finally:
+        session.close()
+    print(table(report))
+    print(f"wrote {out}/report.json, frames.csv, quality.csv, stages.png, quality_frames.png, "
+          f"quality_seconds.png, crops.png")
+    return 0
+
+
 def _display_available() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def _cmd_fly(args) -> int:
-    from renderer import Renderer, RenderConfig, resolve_scene
+    from renderer import resolve_scene
 
     from .config import resolve
     from .denoiser import load_checkpoint, select_device
@@ -80,8 +172,7 @@ def _cmd_fly(args) -> int:
         headless = True
 
     width, height = run.res
-    renderer = Renderer(RenderConfig(scene=args.scene, width=width, height=height, spp=run.spp,
-                                     variant=args.variant, seed=args.seed, path=args.path))
+    renderer = _renderer(args, run.spp, args.seed)
     session = Session(renderer, SessionConfig(run.model, run.features, run.train, str(device), args.ring),
                       checkpoint)
     config = {**run.to_dict(), "scene": str(renderer.scene_info.xml), "variant": renderer.variant,
@@ -126,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["fly", *argv]  # the main job needs no arguments
     args = _parser().parse_args(argv)
-    handlers = {"fly": _cmd_fly, "scenes": _cmd_scenes}
+    handlers = {"fly": _cmd_fly, "bench": _cmd_bench, "reference": _cmd_reference, "scenes": _cmd_scenes}
     from renderer import RendererError
 
     try:

@@ -65,18 +65,23 @@ def parse_features(text: str) -> tuple[str, ...]:
     return names
 
 
-def add_common_flags(p: argparse.ArgumentParser) -> None:
+def add_scene_flags(p: argparse.ArgumentParser, spp_help: str | None = None) -> None:
     """Flags shared, with the same names and meanings, by fly, bench and reference."""
     g = p.add_argument_group("scene and rendering")
     g.add_argument("--scene", default="cornell-box", help="built-in scene name, scene folder or Mitsuba XML file")
     g.add_argument("--path", default=None, help="camera path JSON (default: the scene's path.json, else an orbit)")
     g.add_argument("--res", default="256", help="render resolution: N or WxH (default 256)")
-    g.add_argument("--spp", type=int, default=None, help="samples per pixel of each render of a pair (default: preset)")
+    g.add_argument("--spp", type=int, default=None,
+                   help=spp_help or "samples per pixel of each render of a pair (default: preset)")
     g.add_argument("--variant", default="auto", help="Mitsuba variant: auto, cuda_ad_rgb, llvm_ad_rgb or scalar_rgb")
-    g.add_argument("--seed", type=int, default=0, help="selects this run's block of render seeds")
     g.add_argument("--path-fps", type=float, default=15.0,
                    help="camera-path seconds advance 1/path-fps per rendered frame (default 15)")
 
+
+def add_common_flags(p: argparse.ArgumentParser) -> None:
+    """Scene flags plus the denoiser and training flags, shared by fly and bench."""
+    add_scene_flags(p)
+    p.add_argument("--seed", type=int, default=0, help="selects this run's block of render seeds")
     g = p.add_argument_group("denoiser and training")
     g.add_argument("--preset", default="auto", help=f"auto (cpu or gpu by device), or one of {', '.join(PRESETS)}")
     g.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda or cuda:N")

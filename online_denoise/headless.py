@@ -3,7 +3,8 @@
 Writes into the output folder:
   frames/denoised_NNNN.png|.exr  every --save-every frames (tonemapped PNG, linear EXR)
   metrics.jsonl                  one line per frame (stage ms, loss, steps, weight version, error estimate)
-  strip.png                      noisy | denoised (| reference) of the last frame
+  strip.png                      noisy | denoised (| reference) of the last frame; "noisy" is the
+                                 average of the pair, the very samples the denoiser saw
   model.pt                       the final checkpoint, written atomically
   run.json                       the resolved configuration and the summary
 """
@@ -15,8 +16,9 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from .arrays import to_hwc_numpy, to_numpy
+from .arrays import pair_average, to_hwc_numpy, to_numpy
 from .exr import write_exr
 from .files import atomic_write_json
 from .images import save_png, strip
@@ -75,6 +77,19 @@ def _stage_means(records: list[dict]) -> dict[str, float]:
     return {k: statistics.fmean(r["ms"][k] for r in steady) if steady else float("nan") for k in keys}
 
 
+def live_frames(session: Session, frames: int, path_fps: float, seconds: float | None = None
+                ) -> Iterator[tuple[int, FrameResult]]:
+    """The live loop, shared by ``fly --headless`` and ``bench``: frame i shows the path at i / path_fps.
+
+    Stops after ``frames`` frames, or when ``seconds`` of wall-clock time have passed.
+    """
+    start = time.perf_counter()
+    for i in range(frames):
+        if seconds is not None and time.perf_counter() - start >= seconds:
+            return
+        yield i, session.step(session.renderer.path.pose(i / path_fps))
+
+
 def run_headless(session: Session, options: HeadlessOptions, checkpoint_name: str = "model.pt") -> Summary:
     out = options.out
     frames_dir = out / "frames"
@@ -87,9 +102,7 @@ def run_headless(session: Session, options: HeadlessOptions, checkpoint_name: st
     start = time.perf_counter()
     with open(out / "metrics.jsonl", "w", buffering=1) as log:
         try:
-            for i in range(options.frames):
-                pose = renderer.path.pose(i / options.path_fps)
-                last = session.step(pose)
+            for i, last in live_frames(session, options.frames, options.path_fps):
                 record = last.record()
                 records.append(record)
                 log.write(json.dumps(record) + "\n")
@@ -110,7 +123,7 @@ def run_headless(session: Session, options: HeadlessOptions, checkpoint_name: st
         out=str(out),
     )
     if last is not None:
-        noisy = to_numpy(last.frame.color_a)
+        noisy = pair_average(last.frame)
         denoised = to_hwc_numpy(last.denoised)
         panels = [noisy, denoised]
         if options.reference_spp > 0 and not interrupted:

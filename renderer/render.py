@@ -22,12 +22,15 @@ import numpy as np
 from .camera import CameraPath, Pose, load_path, orbit_path
 from .errors import RendererError
 from .frame import Frame
-from .scene import DEFAULT_SCENE, SceneError, SceneInfo, prepare_xml, resolve_scene
+from .scene import DEFAULT_SCENE, SceneError, SceneInfo, prepare_xml, resolve_scene, scene_digest
 from .variant import activate, choose_variant
 
 # A session draws its seeds from [seed * SEEDS_PER_SESSION, (seed + 1) * SEEDS_PER_SESSION):
-# a million passes, over nine hours at 30 passes a second.
+# a million passes, over nine hours at 30 passes a second. The last block is kept for
+# reference renders, so that a reference never shares a seed with the frames it judges.
 SEEDS_PER_SESSION = 1 << 20
+SESSION_BLOCKS = (1 << 32) // SEEDS_PER_SESSION - 1
+REFERENCE_SEED_BASE = SESSION_BLOCKS * SEEDS_PER_SESSION
 MAX_SPP_PER_PASS = 64  # bounds the wavefront (and its memory) of high-spp renders
 
 
@@ -50,8 +53,8 @@ class RenderConfig:
             raise RendererError(f"--spp {self.spp}: expected a positive sample count")
         if self.arrays not in ("auto", "numpy", "dlpack"):
             raise RendererError(f"arrays {self.arrays!r}: expected auto, numpy or dlpack")
-        if not 0 <= self.seed < (1 << 32) // SEEDS_PER_SESSION:
-            raise RendererError(f"--seed {self.seed}: expected 0 to {(1 << 32) // SEEDS_PER_SESSION - 1}")
+        if not 0 <= self.seed < SESSION_BLOCKS:
+            raise RendererError(f"--seed {self.seed}: expected 0 to {SESSION_BLOCKS - 1}")
 
 
 class Renderer:
@@ -120,6 +123,12 @@ class Renderer:
     def shape(self) -> tuple[int, int]:
         return self.config.height, self.config.width
 
+    @property
+    def scene_digest(self) -> str:
+        if not hasattr(self, "_digest"):
+            self._digest = scene_digest(self.scene_info.xml)
+        return self._digest
+
     def take_seed(self) -> int:
         if self._next_seed >= self._seed_end:
             raise RendererError("this session has used all of its seeds; start a new one with another --seed")
@@ -146,16 +155,21 @@ class Renderer:
             return image
         return np.asarray(image, dtype=np.float32)
 
-    def render_color(self, pose: Pose, spp: int, seed: int | None = None):
-        """One colour render; high sample counts are split into passes and averaged."""
+    def render_pass(self, pose: Pose, spp: int, seed: int):
+        """One colour pass with an explicit seed (references choose their own, outside the session's)."""
         if pose is not self.pose:
             self.set_pose(pose)
+        if spp > MAX_SPP_PER_PASS:
+            raise ValueError(f"a single pass takes at most {MAX_SPP_PER_PASS} spp, got {spp}")
+        return self._pass(self._color_integrator, seed, spp)[:, :, 0:3]
+
+    def render_color(self, pose: Pose, spp: int):
+        """One colour render; high sample counts are split into passes and averaged."""
         passes = math.ceil(spp / MAX_SPP_PER_PASS)
         total = None
         for i in range(passes):
             n = min(MAX_SPP_PER_PASS, spp - i * MAX_SPP_PER_PASS)
-            image = self._pass(self._color_integrator, seed if (seed is not None and i == 0) else self.take_seed(), n)
-            image = image[:, :, 0:3] * (n / spp)
+            image = self.render_pass(pose, n, self.take_seed()) * (n / spp)
             total = image if total is None else total + image
         return total
 

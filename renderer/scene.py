@@ -10,6 +10,7 @@ per-pixel noise non-i.i.d., which the error estimate relies on).
 
 from __future__ import annotations
 
+import hashlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,38 @@ def resolve_scene(name_or_path: str, scenes_dir: Path = SCENES_DIR) -> SceneInfo
                          path_json if path_json.is_file() else None, _description(p.parent))
     known = ", ".join(builtin) or "(none found in scenes/)"
     raise SceneError(f"--scene {name_or_path}: no such scene; expected one of {known}, or a path to a Mitsuba XML file")
+
+
+def scene_files(xml_path: Path) -> list[Path]:
+    """The XML and every file it pulls in (includes, meshes, textures, maps), recursively."""
+    found: list[Path] = []
+    todo = [Path(xml_path)]
+    while todo:
+        path = todo.pop()
+        if path in found or not path.is_file():
+            continue
+        found.append(path)
+        if path.suffix.lower() != ".xml":
+            continue
+        try:
+            root = ET.parse(path).getroot()
+        except ET.ParseError:
+            continue
+        for el in root.iter():
+            name = el.get("filename") if el.tag == "include" else (
+                el.get("value") if el.tag == "string" and el.get("name") == "filename" else None)
+            if name and "$" not in name:
+                todo.append((path.parent / name).resolve())
+    return found
+
+
+def scene_digest(xml_path: Path) -> str:
+    """SHA-256 over the scene file and everything it references: a change to any of them shows."""
+    h = hashlib.sha256()
+    for f in sorted(scene_files(xml_path)):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def _child(parent: ET.Element, tag: str) -> ET.Element | None:

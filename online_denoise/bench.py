@@ -1,0 +1,328 @@
+"""The benchmark: where the milliseconds go, and how good the images are, as the denoiser learns.
+
+It runs the live loop of ``fly`` (``headless.live_frames``, the same code
+path) and measures
+
+* time per frame and per stage (render, train, infer, and upload when a
+  window is open), warm-up frames apart from the steady state;
+* quality over time on every K-th frame, against high-spp references, for the
+  noisy input, our live denoiser at that moment, and OIDN on the very same
+  noisy frames, with PSNR, relMSE, SSIM and HDR-FLIP;
+* temporal stability on a static-camera segment.
+
+"Noisy" is the average of the pair, and OIDN denoises that same average with
+the frame's albedo and normal: every method sees the same samples.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .arrays import pair_average, to_hwc_numpy, to_numpy
+from .files import atomic_write, atomic_write_json, atomic_write_text
+from .headless import live_frames
+from .metrics import RELMSE_EPS, all_metrics, temporal_change
+from .oidn import OIDN_QUALITY, oidn_denoise
+from .reference import ReferenceCache, ReferenceKey, reference_key, render_references
+from .session import Session
+
+METHODS = ("noisy", "ours", "oidn")
+METRICS = ("psnr", "relmse", "ssim", "flip")
+STAGES = ("render", "train", "infer", "upload", "frame")
+REPORT_FORMAT = "online_denoise.bench/1"
+
+
+@dataclass
+class BenchOptions:
+    out: Path
+    frames: int = 300  # upper bound on the live loop's frames
+    seconds: float | None = None  # stop the live loop after this much wall-clock time
+    every: int = 30  # judge every K-th frame
+    warmup: int = 5  # first frames (kernel compiles, empty ring) reported apart
+    reference_spp: int = 1024
+    cache_dir: Path | None = None
+    static_frames: int = 12  # static-camera segment for temporal stability; 0: skip
+    path_fps: float = 15.0
+    window: bool = False  # upload (and draw) every frame in a window, to time the display upload
+    label: str = ""  # shown in tables and comparisons
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class Judged:
+    """A frame kept for judging after the run."""
+    frame: int
+    seconds: float
+    steps: int
+    noisy: np.ndarray
+    ours: np.ndarray
+    albedo: np.ndarray
+    normal: np.ndarray
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"mean": float("nan"), "p50": float("nan"), "p95": float("nan")}
+    return {"mean": statistics.fmean(values), "p50": float(np.percentile(values, 50)),
+            "p95": float(np.percentile(values, 95))}
+
+
+def _judged_frames(frames: int, every: int) -> list[int]:
+    marks = list(range(0, frames, every))
+    if marks[-1] != frames - 1:
+        marks.append(frames - 1)
+    return marks
+
+
+class _WindowUpload:
+    """Uploads each frame to the viewer's textures and draws it, timing the upload."""
+
+    def __init__(self):
+        from .viewer.display import Display, ViewState
+        from .viewer.window import Window
+
+        self.window = Window("online_denoise bench", (640, 640))
+        self.display = Display(self.window.ctx)
+        self.view = ViewState()
+
+    def __call__(self, result) -> float:
+        frame = result.frame
+        ms = self.display.upload({"denoised": to_hwc_numpy(result.denoised), "noisy": to_numpy(frame.color_a),
+                                  "albedo": to_numpy(frame.albedo), "normal": to_numpy(frame.normal)})
+        self.window.poll()
+        self.display.draw(self.view, self.window.framebuffer_size)
+        self.window.swap()
+        return ms
+
+    def close(self) -> None:
+        self.display.release()
+        self.window.close()
+
+
+def run_bench(session: Session, options: BenchOptions) -> dict:
+    renderer = session.renderer
+    out = options.out
+    cache = ReferenceCache(options.cache_dir)
+    marks = _judged_frames(options.frames, options.every)
+    poses = {i: renderer.path.pose(i / options.path_fps) for i in marks}
+    static_pose = poses[marks[0]]
+    refs = dict(zip(marks, render_references(renderer, [poses[i] for i in marks], options.reference_spp, cache)))
+    static_refs = []
+    if options.static_frames > 1:
+        # A second reference with other seeds gives the flicker floor of the references themselves.
+        key = reference_key(renderer, static_pose, options.reference_spp)
+        twin = ReferenceKey(key.scene_digest, key.width, key.height, {**key.pose, "twin": 1}, key.spp)
+        static_refs = [refs[marks[0]], cache.render(renderer, static_pose, twin)]
+    hits_before_run = cache.hits
+
+    upload = _WindowUpload() if options.window else None
+    records: list[dict] = []
+    judged: list[Judged] = []
+    start = time.perf_counter()
+    try:
+        for i, result in live_frames(session, options.frames, options.path_fps, options.seconds):
+            ms = dict(result.timings)
+            if upload is not None:
+                ms["upload"] = upload(result)
+            elapsed = time.perf_counter() - start
+            records.append({"frame": i, "seconds": elapsed, "steps": result.steps, "loss": result.loss, "ms": ms})
+            if i in refs:
+                judged.append(Judged(i, elapsed, result.steps, pair_average(result.frame),
+                                     to_hwc_numpy(result.denoised), to_numpy(result.frame.albedo),
+                                     to_numpy(result.frame.normal)))
+        loop_seconds = time.perf_counter() - start
+        static = []
+        for _ in range(options.static_frames if options.static_frames > 1 else 0):
+            result = session.step(static_pose)
+            static.append((pair_average(result.frame), to_hwc_numpy(result.denoised),
+                           to_numpy(result.frame.albedo), to_numpy(result.frame.normal)))
+    finally:
+        if upload is not None:
+            upload.close()
+
+    # Judge after the run, so that OIDN and the metrics cost the live loop nothing.
+    quality: dict[str, list[dict]] = {m: [] for m in METHODS}
+    oidn_ms = []
+    for j in judged:
+        t0 = time.perf_counter()
+        oidn = oidn_denoise(j.noisy, j.albedo, j.normal)
+        oidn_ms.append((time.perf_counter() - t0) * 1000)
+        for method, image in (("noisy", j.noisy), ("ours", j.ours), ("oidn", oidn)):
+            quality[method].append({"frame": j.frame, "seconds": j.seconds, "steps": j.steps,
+                                    **all_metrics(image, refs[j.frame])})
+        j.oidn = oidn  # kept for the crop grid
+
+    temporal = {}
+    if static:
+        temporal = {
+            "frames": len(static),
+            "noisy": temporal_change([s[0] for s in static]),
+            "ours": temporal_change([s[1] for s in static]),
+            "oidn": temporal_change([oidn_denoise(s[0], s[2], s[3]) for s in static]),
+            "reference": temporal_change(static_refs),
+        }
+
+    report = _report(options, records, quality, temporal, oidn_ms, loop_seconds, cache, hits_before_run,
+                     renderer, session)
+    _write_outputs(out, report, records, quality, judged, refs)
+    return report
+
+
+def _report(options, records, quality, temporal, oidn_ms, loop_seconds, cache, hits_before_run, renderer,
+            session) -> dict:
+    steady = [r for r in records if r["frame"] >= options.warmup]
+    warm = [r for r in records if r["frame"] < options.warmup]
+    stages = [s for s in STAGES if records and s in records[0]["ms"]]
+    timing = {"steady": {s: _stats([r["ms"][s] for r in steady]) for s in stages},
+              "warmup": {s: _stats([r["ms"][s] for r in warm]) for s in stages}}
+    frame_mean = timing["steady"]["frame"]["mean"] if steady else float("nan")
+    for s in stages:
+        timing["steady"][s]["share"] = timing["steady"][s]["mean"] / frame_mean if frame_mean else float("nan")
+    steps_per_s = float("nan")
+    if len(steady) > 1:
+        span = steady[-1]["seconds"] - steady[0]["seconds"]
+        steps_per_s = (steady[-1]["steps"] - steady[0]["steps"]) / span if span > 0 else float("nan")
+    h, w = renderer.shape
+    return {
+        "format": REPORT_FORMAT,
+        "label": options.label or renderer.scene_info.name,
+        "scene": renderer.scene_info.name,
+        "resolution": [w, h],
+        "config": options.config,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
+                    "torch": _version("torch"), "mitsuba": _version("mitsuba"), "variant": renderer.variant,
+                    "device": str(session.device)},
+        "frames": len(records),
+        "warmup_frames": len(warm),
+        "loop_seconds": loop_seconds,
+        "fps": 1000.0 / frame_mean if frame_mean else float("nan"),
+        "fps_overall": len(records) / loop_seconds if loop_seconds > 0 else float("nan"),
+        "steps": session.trainer.steps,
+        "steps_per_second": steps_per_s,
+        "skipped_nonfinite": session.trainer.skipped_nonfinite,
+        "timing": timing,
+        "reference": {"spp": options.reference_spp, "cache_hits": hits_before_run, "cache_misses": cache.misses},
+        "relmse_eps": RELMSE_EPS,
+        "quality": quality,
+        "final": {m: quality[m][-1] if quality[m] else None for m in METHODS},
+        "oidn": {"quality": OIDN_QUALITY, "ms_mean": statistics.fmean(oidn_ms) if oidn_ms else float("nan")},
+        "temporal": temporal,
+    }
+
+
+def _version(module: str) -> str:
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return "?"
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _write_outputs(out: Path, report, records, quality, judged, refs) -> None:
+    from .plots import crop_grid, quality_plot, stage_plot
+
+    atomic_write_json(out / "report.json", report)
+    stages = [s for s in STAGES if records and s in records[0]["ms"]]
+    flat = [{**{k: v for k, v in r.items() if k != "ms"}, **{f"{s}_ms": r["ms"][s] for s in stages}} for r in records]
+    atomic_write_text(out / "frames.csv", _csv(flat, ["frame", "seconds", "steps", "loss", *[f"{s}_ms" for s in stages]]))
+    rows = [{"method": m, **q} for m in METHODS for q in quality[m]]
+    atomic_write_text(out / "quality.csv", _csv(rows, ["frame", "seconds", "steps", "method", *METRICS]))
+    stage_plot(out / "stages.png", report)
+    quality_plot(out / "quality_frames.png", report, x="frame")
+    quality_plot(out / "quality_seconds.png", report, x="seconds")
+    if judged:
+        crop_grid(out / "crops.png", judged, refs)
+
+
+# -- printing and comparing -------------------------------------------------------
+
+def _f(v, fmt: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and v != v) else format(v, fmt)
+
+
+def table(report: dict) -> str:
+    lines = []
+    cfg = report.get("config", {})
+    w, h = report["resolution"]
+    lines.append(f"{report['label']}: {w}x{h}, preset {cfg.get('preset', '?')}, {report['machine']['variant']} + "
+                 f"torch {report['machine']['device']}, {report['frames']} frames ({report['warmup_frames']} warm-up) "
+                 f"in {report['loop_seconds']:.1f} s")
+    lines.append(f"{'stage':<8} {'mean ms':>9} {'p50':>8} {'p95':>8} {'share':>7}")
+    for stage, s in report["timing"]["steady"].items():
+        share = "" if stage == "frame" else f"{100 * s['share']:.0f}%"
+        lines.append(f"{stage:<8} {_f(s['mean'], '9.1f')} {_f(s['p50'], '8.1f')} {_f(s['p95'], '8.1f')} {share:>7}")
+    warm = report["timing"]["warmup"].get("frame", {})
+    lines.append(f"{_f(report['fps'], '.2f')} frames/s steady ({_f(report['fps_overall'], '.2f')} overall), "
+                 f"{_f(report['steps_per_second'], '.2f')} training steps/s, warm-up frames "
+                 f"{_f(warm.get('mean'), '.0f')} ms mean. Training overlaps rendering, so shares can add up past 100%.")
+    final = report["final"]
+    if final.get("ours"):
+        f0 = final["ours"]
+        lines.append(f"quality at frame {f0['frame']} (t = {f0['seconds']:.0f} s, {f0['steps']} steps), "
+                     f"vs {report['reference']['spp']}-spp references; relMSE eps {report['relmse_eps']}:")
+        lines.append(f"{'method':<10} {'PSNR dB':>8} {'relMSE':>9} {'SSIM':>7} {'FLIP':>7} {'flicker':>8}")
+        temporal = report.get("temporal", {})
+        for m in METHODS:
+            q = final[m]
+            lines.append(f"{m:<10} {_f(q['psnr'], '8.2f')} {_f(q['relmse'], '9.4f')} {_f(q['ssim'], '7.4f')} "
+                         f"{_f(q['flip'], '7.4f')} {_f(temporal.get(m), '8.4f')}")
+        if temporal:
+            lines.append(f"{'reference':<10} {'':>8} {'':>9} {'':>7} {'':>7} {_f(temporal.get('reference'), '8.4f')}"
+                         f"   (flicker: mean |frame-to-frame change| over {temporal['frames']} still frames)")
+    lines.append(f"OIDN {report['oidn']['quality']}: {_f(report['oidn']['ms_mean'], '.0f')} ms per frame; "
+                 f"ours infers both renders in {_f(report['timing']['steady'].get('infer', {}).get('mean'), '.0f')} ms")
+    return "\n".join(lines)
+
+
+def load_report(path: str | Path) -> dict:
+    from .errors import UserError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the report ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not a bench report (malformed JSON at line {e.lineno})") from None
+    if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
+        raise UserError(f"{path}: not a bench report (expected format {REPORT_FORMAT})")
+    return data
+
+
+def compare(a: dict, b: dict) -> str:
+    """Side by side: B against A, with differences (positive: B is higher)."""
+    rows = [("frames/s", a["fps"], b["fps"], ".2f"), ("steps/s", a["steps_per_second"], b["steps_per_second"], ".2f")]
+    for stage in STAGES:
+        if stage in a["timing"]["steady"] and stage in b["timing"]["steady"]:
+            rows.append((f"{stage} ms", a["timing"]["steady"][stage]["mean"], b["timing"]["steady"][stage]["mean"],
+                         ".1f"))
+    for m in METHODS:
+        qa, qb = a["final"].get(m), b["final"].get(m)
+        if qa and qb:
+            for metric, fmt in (("psnr", ".2f"), ("relmse", ".4f"), ("ssim", ".4f"), ("flip", ".4f")):
+                rows.append((f"{m} {metric}", qa[metric], qb[metric], fmt))
+    for m in ("noisy", "ours", "oidn"):
+        if m in a.get("temporal", {}) and m in b.get("temporal", {}):
+            rows.append((f"{m} flicker", a["temporal"][m], b["temporal"][m], ".4f"))
+    la, lb = a.get("label", "A"), b.get("label", "B")
+    lines = [f"{'':<14} {la[:12]:>12} {lb[:12]:>12} {'B - A':>10}"]
+    for name, va, vb, fmt in rows:
+        lines.append(f"{name:<14} {_f(va, '12' + fmt)} {_f(vb, '12' + fmt)} {_f(vb - va, '+10' + fmt)}")
+    return "\n".join(lines)

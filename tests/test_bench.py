@@ -1,0 +1,101 @@
+"""The benchmark on a tiny scene, through the CLI."""
+
+import json
+import math
+
+import pytest
+
+from test_cli import assert_clean_error
+
+TINY = ["--res", "32", "--frames", "12", "--every", "4", "--reference-spp", "64", "--static-frames", "4",
+        "--warmup", "2"]
+FILES = ("report.json", "frames.csv", "quality.csv", "stages.png", "quality_frames.png", "quality_seconds.png",
+         "crops.png")
+
+
+def finite_numbers(obj):
+    if isinstance(obj, dict):
+        return all(finite_numbers(v) for v in obj.values())
+    if isinstance(obj, list):
+        return all(finite_numbers(v) for v in obj)
+    return not isinstance(obj, float) or math.isfinite(obj)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from conftest import run_cli
+
+    base = tmp_path_factory.mktemp("bench")
+    cache = base / "cache"
+    out = {}
+    for name, spp in (("spp1", 1), ("spp8", 8), ("again", 1)):
+        proc = run_cli("bench", *TINY, "--spp", spp, "--cache-dir", cache, "--out", base / name, "--label", name)
+        assert proc.returncode == 0, proc.stderr
+        out[name] = (base / name, proc.stdout)
+    return out
+
+
+def test_every_report_file_is_written_with_finite_numbers(runs):
+    folder, stdout = runs["spp1"]
+    for name in FILES:
+        assert (folder / name).stat().st_size > 0, name
+    report = json.loads((folder / "report.json").read_text())
+    assert report["frames"] == 12 and report["warmup_frames"] == 2
+    assert finite_numbers({k: v for k, v in report.items() if k not in ("config",)})
+    for stage in ("render", "train", "infer", "frame"):
+        assert set(report["timing"]["steady"][stage]) == {"mean", "p50", "p95", "share"}
+    assert [q["frame"] for q in report["quality"]["ours"]] == [0, 4, 8, 11]
+    for method in ("noisy", "ours", "oidn"):
+        assert set(report["final"][method]) >= {"psnr", "relmse", "ssim", "flip"}
+    assert set(report["temporal"]) == {"frames", "noisy", "ours", "oidn", "reference"}
+    assert "frames/s steady" in stdout and "PSNR dB" in stdout and "oidn" in stdout
+    rows = (folder / "quality.csv").read_text().splitlines()
+    assert rows[0] == "frame,seconds,steps,method,psnr,relmse,ssim,flip" and len(rows) == 1 + 3 * 4
+
+
+def test_psnr_is_higher_for_a_less_noisy_input(runs):
+    low = json.loads((runs["spp1"][0] / "report.json").read_text())["final"]["noisy"]
+    high = json.loads((runs["spp8"][0] / "report.json").read_text())["final"]["noisy"]
+    assert high["psnr"] > low["psnr"] + 3
+    assert high["relmse"] < low["relmse"] and high["flip"] < low["flip"]
+
+
+def test_the_reference_cache_hits_on_the_second_run(runs):
+    first = json.loads((runs["spp1"][0] / "report.json").read_text())["reference"]
+    again = json.loads((runs["again"][0] / "report.json").read_text())["reference"]
+    assert first["cache_misses"] == 5  # 4 judged frames and the still segment's second reference
+    assert again["cache_misses"] == 0 and again["cache_hits"] == 5
+
+
+def test_compare_prints_the_differences(runs, cli):
+    a, b = runs["spp1"][0] / "report.json", runs["spp8"][0] / "report.json"
+    proc = cli("bench", "--compare", a, b)
+    assert proc.returncode == 0, proc.stderr
+    assert "spp1" in proc.stdout and "spp8" in proc.stdout and "B - A" in proc.stdout
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("noisy psnr"))
+    assert float(line.split()[-1]) > 0
+
+
+def test_compare_refuses_files_that_are_not_reports(cli, tmp_path):
+    bad = tmp_path / "notes.json"
+    bad.write_text('{"hello": 1}')
+    assert_clean_error(cli("bench", "--compare", bad, bad), "notes.json", "not a bench report")
+    assert_clean_error(cli("bench", "--compare", tmp_path / "missing.json", bad), "missing.json")
+
+
+def test_seconds_stops_the_loop(cli, tmp_path):
+    proc = cli("bench", "--res", "32", "--spp", "1", "--frames", "100000", "--every", "50000", "--seconds", "3",
+               "--reference-spp", "16", "--static-frames", "0", "--cache-dir", tmp_path / "c", "--out", tmp_path / "o")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert 1 <= report["frames"] < 100000 and report["loop_seconds"] < 20
+    assert report["config"]["seconds"] == 3
+
+
+def test_reference_command_renders_then_reuses(cli, tmp_path):
+    args = ["reference", "--res", "32", "--spp", "64", "--frames", "10", "--every", "5", "--cache-dir", tmp_path]
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "3 references at 64 spp" in first.stdout and "0 cached, 3 rendered" in first.stdout
+    second = cli(*args)
+    assert "3 cached, 0 rendered" in second.stdout
