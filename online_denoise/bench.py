@@ -69,6 +69,7 @@ class Judged:
     ours: np.ndarray
     albedo: np.ndarray
     normal: np.ndarray
+    frame_obj: object  # the renderer's Frame, to time our inference on it after the run
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -114,17 +115,8 @@ def run_bench(session: Session, options: BenchOptions) -> dict:
     renderer = session.renderer
     out = options.out
     cache = ReferenceCache(options.cache_dir)
-    marks = _judged_frames(options.frames, options.every)
-    poses = {i: renderer.path.pose(i / options.path_fps) for i in marks}
-    static_pose = poses[marks[0]]
-    refs = dict(zip(marks, render_references(renderer, [poses[i] for i in marks], options.reference_spp, cache)))
-    static_refs = []
-    if options.static_frames > 1:
-        # A second reference with other seeds gives the flicker floor of the references themselves.
-        key = reference_key(renderer, static_pose, options.reference_spp)
-        twin = ReferenceKey(key.scene_digest, key.width, key.height, {**key.pose, "twin": 1}, key.spp)
-        static_refs = [refs[marks[0]], cache.render(renderer, static_pose, twin)]
-    hits_before_run = cache.hits
+    marks = set(_judged_frames(options.frames, options.every))
+    static_pose = renderer.path.pose(0.0)
 
     upload = _WindowUpload() if options.window else None
     records: list[dict] = []
@@ -137,10 +129,10 @@ def run_bench(session: Session, options: BenchOptions) -> dict:
                 ms["upload"] = upload(result)
             elapsed = time.perf_counter() - start
             records.append({"frame": i, "seconds": elapsed, "steps": result.steps, "loss": result.loss, "ms": ms})
-            if i in refs:
+            if i in marks:
                 judged.append(Judged(i, elapsed, result.steps, pair_average(result.frame),
                                      to_hwc_numpy(result.denoised), to_numpy(result.frame.albedo),
-                                     to_numpy(result.frame.normal)))
+                                     to_numpy(result.frame.normal), result.frame))
         loop_seconds = time.perf_counter() - start
         static = []
         for _ in range(options.static_frames if options.static_frames > 1 else 0):
@@ -151,13 +143,29 @@ def run_bench(session: Session, options: BenchOptions) -> dict:
         if upload is not None:
             upload.close()
 
-    # Judge after the run, so that OIDN and the metrics cost the live loop nothing.
+    # References only for the judged frames the loop reached (a --seconds run stops early);
+    # they are rendered after the loop so they cost it nothing, and cached for the next run.
+    poses = [j.frame_obj.pose for j in judged]
+    refs = dict(zip([j.frame for j in judged], render_references(renderer, poses, options.reference_spp, cache)))
+    static_refs = []
+    if static:
+        # A second reference with other seeds gives the flicker floor of the references themselves.
+        key = reference_key(renderer, static_pose, options.reference_spp)
+        twin = ReferenceKey(key.scene_digest, key.width, key.height, {**key.pose, "twin": 1}, key.spp)
+        static_refs = [cache.render(renderer, static_pose, key), cache.render(renderer, static_pose, twin)]
+    reference_hits = cache.hits
+
+    # Judge after the run, so that OIDN and the metrics cost the live loop nothing. Both denoisers
+    # are also timed here, alone on the machine, so their costs compare on equal terms.
     quality: dict[str, list[dict]] = {m: [] for m in METHODS}
-    oidn_ms = []
+    oidn_ms, ours_ms = [], []
     for j in judged:
         t0 = time.perf_counter()
         oidn = oidn_denoise(j.noisy, j.albedo, j.normal)
         oidn_ms.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        session.denoiser.denoise_pair(j.frame_obj)
+        ours_ms.append((time.perf_counter() - t0) * 1000)
         for method, image in (("noisy", j.noisy), ("ours", j.ours), ("oidn", oidn)):
             quality[method].append({"frame": j.frame, "seconds": j.seconds, "steps": j.steps,
                                     **all_metrics(image, refs[j.frame])})
@@ -173,14 +181,14 @@ def run_bench(session: Session, options: BenchOptions) -> dict:
             "reference": temporal_change(static_refs),
         }
 
-    report = _report(options, records, quality, temporal, oidn_ms, loop_seconds, cache, hits_before_run,
-                     renderer, session)
+    report = _report(options, records, quality, temporal, oidn_ms, ours_ms, loop_seconds, cache,
+                     reference_hits, renderer, session)
     _write_outputs(out, report, records, quality, judged, refs)
     return report
 
 
-def _report(options, records, quality, temporal, oidn_ms, loop_seconds, cache, hits_before_run, renderer,
-            session) -> dict:
+def _report(options, records, quality, temporal, oidn_ms, ours_ms, loop_seconds, cache, reference_hits,
+            renderer, session) -> dict:
     steady = [r for r in records if r["frame"] >= options.warmup]
     warm = [r for r in records if r["frame"] < options.warmup]
     stages = [s for s in STAGES if records and s in records[0]["ms"]]
@@ -212,11 +220,15 @@ def _report(options, records, quality, temporal, oidn_ms, loop_seconds, cache, h
         "steps_per_second": steps_per_s,
         "skipped_nonfinite": session.trainer.skipped_nonfinite,
         "timing": timing,
-        "reference": {"spp": options.reference_spp, "cache_hits": hits_before_run, "cache_misses": cache.misses},
+        "reference": {"spp": options.reference_spp, "cache_hits": reference_hits, "cache_misses": cache.misses},
         "relmse_eps": RELMSE_EPS,
         "quality": quality,
         "final": {m: quality[m][-1] if quality[m] else None for m in METHODS},
         "oidn": {"quality": OIDN_QUALITY, "ms_mean": statistics.fmean(oidn_ms) if oidn_ms else float("nan")},
+        # Both timed alone after the run: OIDN on the pair's average, ours on both renders.
+        "inference_alone_ms": {"oidn": statistics.fmean(oidn_ms) if oidn_ms else float("nan"),
+                               "ours": statistics.fmean(ours_ms) if ours_ms else float("nan"),
+                               "megapixels": h * w / 1e6},
         "temporal": temporal,
     }
 
@@ -287,8 +299,11 @@ def table(report: dict) -> str:
         if temporal:
             lines.append(f"{'reference':<10} {'':>8} {'':>9} {'':>7} {'':>7} {_f(temporal.get('reference'), '8.4f')}"
                          f"   (flicker: mean |frame-to-frame change| over {temporal['frames']} still frames)")
-    lines.append(f"OIDN {report['oidn']['quality']}: {_f(report['oidn']['ms_mean'], '.0f')} ms per frame; "
-                 f"ours infers both renders in {_f(report['timing']['steady'].get('infer', {}).get('mean'), '.0f')} ms")
+    alone = report.get("inference_alone_ms", {})
+    mp = alone.get("megapixels") or float("nan")
+    lines.append(f"inference alone, per frame (per megapixel): ours, both renders {_f(alone.get('ours'), '.0f')} ms "
+                 f"({_f(alone.get('ours', float('nan')) / mp, '.0f')} ms/MP); OIDN {report['oidn']['quality']} "
+                 f"{_f(alone.get('oidn'), '.0f')} ms ({_f(alone.get('oidn', float('nan')) / mp, '.0f')} ms/MP)")
     return "\n".join(lines)
 
 
@@ -309,6 +324,10 @@ def load_report(path: str | Path) -> dict:
 def compare(a: dict, b: dict) -> str:
     """Side by side: B against A, with differences (positive: B is higher)."""
     rows = [("frames/s", a["fps"], b["fps"], ".2f"), ("steps/s", a["steps_per_second"], b["steps_per_second"], ".2f")]
+    for who in ("ours", "oidn"):
+        va, vb = a.get("inference_alone_ms", {}).get(who), b.get("inference_alone_ms", {}).get(who)
+        if va is not None and vb is not None:
+            rows.append((f"{who} infer ms", va, vb, ".1f"))
     for stage in STAGES:
         if stage in a["timing"]["steady"] and stage in b["timing"]["steady"]:
             rows.append((f"{stage} ms", a["timing"]["steady"][stage]["mean"], b["timing"]["steady"][stage]["mean"],

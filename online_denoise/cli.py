@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-SUBCOMMANDS = ("fly", "bench", "reference", "scenes")
+SUBCOMMANDS = ("fly", "bench", "reference", "train", "denoise", "scenes")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +60,37 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--every", type=int, default=30, help="every K-th frame is judged (default 30)")
     g.add_argument("--cache-dir", default=None, help="reference cache (default ~/.cache/online_denoise/references)")
 
+    train = sub.add_parser("train", help="train offline on rendered Noise2Noise pairs (how the prior is made)")
+    add_common_flags(train)
+    g = train.add_argument_group("offline training")
+    g.add_argument("--frames-per-scene", type=int, default=48, help="poses along each scene's path (default 48)")
+    g.add_argument("--steps", type=int, default=4000, help="training steps (default 4000)")
+    g.add_argument("--spp-mix", default="", help="comma-separated spp to cycle through, e.g. 1,2,4,8 (default: --spp)")
+    g.add_argument("--out", required=True, help="checkpoint to write")
+
+    den = sub.add_parser("denoise", help="denoise EXR files with a checkpoint or with OIDN")
+    den.add_argument("inputs", nargs="+", help="EXR files, folders, globs or printf patterns (frame_%%04d.exr)")
+    den.add_argument("-o", "--out", required=True, help="output folder (must not be an input's folder)")
+    who = den.add_mutually_exclusive_group(required=True)
+    who.add_argument("--checkpoint", help="weights trained live (fly) or offline (train)")
+    who.add_argument("--backend", choices=["oidn"], help="denoise with Intel Open Image Denoise instead")
+    g = den.add_argument_group("layers")
+    g.add_argument("--color", default=None, help="colour layer name (default: found by name)")
+    g.add_argument("--albedo", default=None, help="albedo layer name")
+    g.add_argument("--normal", default=None, help="normal layer name")
+    g.add_argument("--normal-range", choices=["auto", "signed", "unsigned"], default="auto",
+                   help="normals stored in [-1, 1] (signed) or [0, 1] (unsigned); default: detected")
+    g.add_argument("--normal-space", choices=["auto", "world", "camera"], default="auto",
+                   help="say which space the normals are in; default: detected and reported")
+    g = den.add_argument_group("output")
+    g.add_argument("--keep-layers", action="store_true", help="carry every other layer of the input over too")
+    g.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist (resume a run)")
+    g.add_argument("--tile", type=int, default=512, help="tile side for bounded memory (default 512)")
+    g.add_argument("--overlap", type=int, default=160,
+                   help="context around each tile; 160 makes tiles match one whole-frame pass (default)")
+    g.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda or cuda:N")
+    g.add_argument("--precision", default="fp32", help="fp32 (default), bf16, or fp16 on CUDA")
+
     sub.add_parser("scenes", help="list the built-in scenes")
     return p
 
@@ -81,7 +112,16 @@ def _renderer(args, spp: int, seed: int = 0):
 
     width, height = parse_res(args.res)
     return Renderer(RenderConfig(scene=args.scene, width=width, height=height, spp=spp, variant=args.variant,
-                                 seed=seed, path=args.path))
+                                 seed=seed, path=args.path, threads=args.render_threads))
+
+
+def _apply_torch_threads(args) -> None:
+    # torch's intra-op pool is one per process, so this is set once, here, before any work.
+    if args.torch_threads is not None:
+        import torch
+
+        _check_positive(torch_threads=args.torch_threads)
+        torch.set_num_threads(args.torch_threads)
 
 
 def _check_positive(**values) -> None:
@@ -119,14 +159,15 @@ def _cmd_bench(args) -> int:
     if args.warmup < 0 or args.static_frames < 0:
         raise UserError("--warmup and --static-frames must not be negative")
     device = select_device(args.device)
-    run = resolve(args, device.type)
+    run = resolve(args, device)
+    _apply_torch_threads(args)
     from renderer import resolve_scene
 
     scene = resolve_scene(args.scene)
     out = ensure_writable_dir(args.out or Path("runs") / f"bench-{scene.name}")
     checkpoint = load_checkpoint(args.checkpoint, expect=run.features) if args.checkpoint else None
     renderer = _renderer(args, run.spp, args.seed)
-    session = Session(renderer, SessionConfig(run.model, run.features, run.train, str(device), args.ring), checkpoint)
+    session = Session(renderer, SessionConfig(run.model, run.features, run.train, str(device), args.ring, precision=run.precision), checkpoint)
     config = {**run.to_dict(), "scene": str(renderer.scene_info.xml), "variant": renderer.variant,
               "device": str(device), "checkpoint": args.checkpoint, "seconds": args.seconds}
     options = BenchOptions(out=out, frames=args.frames, seconds=args.seconds, every=args.every, warmup=args.warmup,
@@ -141,6 +182,80 @@ def _cmd_bench(args) -> int:
     print(f"wrote {out}/report.json, frames.csv, quality.csv, stages.png, quality_frames.png, "
           f"quality_seconds.png, crops.png")
     return 0
+
+
+def _cmd_train(args) -> int:
+    import dataclasses
+
+    from .config import resolve
+    from .denoiser import load_checkpoint, select_device
+    from .train import OfflineOptions, train_offline
+
+    _check_positive(frames_per_scene=args.frames_per_scene, steps=args.steps)
+    try:
+        spp_mix = tuple(int(v) for v in args.spp_mix.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"--spp-mix {args.spp_mix}: expected comma-separated positive integers") from None
+    _check_positive(**{"spp_mix": min(spp_mix, default=None)})
+    device = select_device(args.device)
+    run = resolve(args, device)
+    _apply_torch_threads(args)
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; expected a checkpoint file name")
+    from .files import ensure_writable_dir
+
+    ensure_writable_dir(out.parent if str(out.parent) else Path("."))
+    init = load_checkpoint(args.checkpoint, expect=run.features) if args.checkpoint else None
+    model = init.model_config if init is not None else run.model
+    scenes = [s for s in args.scene.split(",") if s]
+    renderers = []
+    for i, name in enumerate(scenes):
+        args_i = argparse.Namespace(**{**vars(args), "scene": name})
+        renderers.append(_renderer(args_i, run.spp, args.seed + i))
+    record = {"command": "online-denoise " + " ".join(sys.argv[1:]), "scenes": scenes,
+              "frames_per_scene": args.frames_per_scene, "steps": args.steps, "res": list(run.res), "spp": run.spp,
+              "spp_mix": list(spp_mix),
+              "preset": run.preset.name, "seed": args.seed, "precision": dataclasses.asdict(run.precision)}
+    train_offline(renderers, model, run.features, run.train,
+                  OfflineOptions(out=out, frames_per_scene=args.frames_per_scene, steps=args.steps, spp_mix=spp_mix,
+                                 record=record),
+                  device, run.precision, init.state_dict if init is not None else None)
+    return 0
+
+
+def _cmd_denoise(args) -> int:
+    from .batch import BatchOptions, LayerOptions, expand_inputs, network_backend, oidn_backend, run_batch
+
+    _check_positive(tile=args.tile)
+    if args.overlap < 0:
+        raise UserError(f"--overlap {args.overlap}: must not be negative")
+    files = expand_inputs(args.inputs)
+    out = Path(args.out)
+    resolved_out = out.resolve()
+    for f in files:
+        if f.resolve().parent == resolved_out:
+            raise UserError(f"-o {out}: is the folder of the input {f}; inputs are never overwritten, "
+                            f"choose another folder")
+    from .files import ensure_writable_dir
+
+    ensure_writable_dir(out, "-o")
+    if args.backend == "oidn":
+        backend = oidn_backend()
+    else:
+        from .denoiser import load_checkpoint, select_device
+        from .precision import choose_precision
+
+        device = select_device(args.device)
+        try:
+            precision = choose_precision(args.precision, device)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        denoiser = load_checkpoint(args.checkpoint).denoiser(device, precision)
+        backend = network_backend(denoiser, args.checkpoint, args.tile, args.overlap)
+    layers = LayerOptions(args.color, args.albedo, args.normal, args.normal_range, args.normal_space)
+    options = BatchOptions(out, layers, args.keep_layers, args.skip_existing)
+    return run_batch(files, backend, options)
 
 
 def _display_available() -> bool:
@@ -161,7 +276,8 @@ def _cmd_fly(args) -> int:
     if args.save_every < 0 or args.reference_spp < 0:
         raise UserError("--save-every and --reference-spp must not be negative")
     device = select_device(args.device)
-    run = resolve(args, device.type)
+    run = resolve(args, device)
+    _apply_torch_threads(args)
     scene = resolve_scene(args.scene)  # fail on a bad name before anything slow
     out = ensure_writable_dir(args.out or Path("runs") / scene.name)
     checkpoint = load_checkpoint(args.checkpoint, expect=run.features) if args.checkpoint else None
@@ -173,7 +289,7 @@ def _cmd_fly(args) -> int:
 
     width, height = run.res
     renderer = _renderer(args, run.spp, args.seed)
-    session = Session(renderer, SessionConfig(run.model, run.features, run.train, str(device), args.ring),
+    session = Session(renderer, SessionConfig(run.model, run.features, run.train, str(device), args.ring, precision=run.precision),
                       checkpoint)
     config = {**run.to_dict(), "scene": str(renderer.scene_info.xml), "variant": renderer.variant,
               "device": str(device), "checkpoint": args.checkpoint}
@@ -217,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["fly", *argv]  # the main job needs no arguments
     args = _parser().parse_args(argv)
-    handlers = {"fly": _cmd_fly, "bench": _cmd_bench, "reference": _cmd_reference, "scenes": _cmd_scenes}
+    handlers = {"fly": _cmd_fly, "bench": _cmd_bench, "reference": _cmd_reference, "train": _cmd_train,
+                "denoise": _cmd_denoise, "scenes": _cmd_scenes}
     from renderer import RendererError
 
     try:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from .errors import UserError
 from .features import FEATURE_CHANNELS, FeatureSpec
 from .model import ModelConfig
+from .precision import Precision, choose_precision
 from .trainer import TrainConfig
 
 
@@ -28,12 +29,12 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("cpu", "2-core CPU: width-16 U-Net with a 5x5 kernel-predicting head, 1 step per frame",
-           ModelConfig(width=16, depth=5, output="kpn", kernel_size=5),
-           TrainConfig(lr=1e-3, batch=4, crop=128, steps_per_frame=1), spp=4),
-    Preset("gpu", "CUDA: the paper's width-48 U-Net with the kernel-predicting head, 8 steps per frame",
-           ModelConfig(width=48, depth=5, output="kpn", kernel_size=5),
-           TrainConfig(lr=1e-3, batch=4, crop=256, steps_per_frame=8), spp=8),
+    Preset("cpu", "2-core CPU: width-16 U-Net, 3-scale 5x5 kernel-predicting head, 1 step of 8 crops per frame",
+           ModelConfig(width=16, depth=5, output="kpn", kernel_size=5, scales=3),
+           TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1), spp=4),
+    Preset("gpu", "CUDA: the paper's width-48 U-Net with the 3-scale kernel-predicting head, 8 steps per frame",
+           ModelConfig(width=48, depth=5, output="kpn", kernel_size=5, scales=3),
+           TrainConfig(lr=1e-3, batch=8, crop=128, steps_per_frame=8), spp=8),
     Preset("paper", "Noise2Noise as published: width 48, direct linear output, 8 steps of 256^2 crops, 8 spp",
            ModelConfig(width=48, depth=5, output="direct"),
            TrainConfig(lr=3e-4, batch=4, crop=256, steps_per_frame=8), spp=8),
@@ -74,6 +75,7 @@ def add_scene_flags(p: argparse.ArgumentParser, spp_help: str | None = None) -> 
     g.add_argument("--spp", type=int, default=None,
                    help=spp_help or "samples per pixel of each render of a pair (default: preset)")
     g.add_argument("--variant", default="auto", help="Mitsuba variant: auto, cuda_ad_rgb, llvm_ad_rgb or scalar_rgb")
+    g.add_argument("--render-threads", type=int, default=None, help="Mitsuba's CPU threads (default: one per core)")
     g.add_argument("--path-fps", type=float, default=15.0,
                    help="camera-path seconds advance 1/path-fps per rendered frame (default 15)")
 
@@ -98,6 +100,9 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crop", type=int, default=None, help="training crop side (default: preset)")
     g.add_argument("--batch", type=int, default=None, help="crops per training step (default: preset)")
     g.add_argument("--ring", type=int, default=16, help="frames kept in the replay ring (default 16)")
+    g.add_argument("--torch-threads", type=int, default=None, help="torch's CPU threads (default: torch's own)")
+    g.add_argument("--precision", default="auto",
+                   help="network number format: auto (bf16 on CPUs with native bf16, fp16 on CUDA), fp32, bf16, fp16")
 
 
 @dataclass(frozen=True)
@@ -108,14 +113,20 @@ class Resolved:
     train: TrainConfig
     spp: int
     res: tuple[int, int]
+    precision: Precision
 
     def to_dict(self) -> dict:
         return {"preset": self.preset.name, "model": self.model.to_dict(), "features": self.features.to_dict(),
-                "train": asdict(self.train), "spp": self.spp, "res": list(self.res)}
+                "train": asdict(self.train), "spp": self.spp, "res": list(self.res),
+                "precision": asdict(self.precision)}
 
 
-def resolve(args: argparse.Namespace, device_type: str) -> Resolved:
-    preset = resolve_preset(args.preset, device_type)
+def resolve(args: argparse.Namespace, device) -> Resolved:
+    preset = resolve_preset(args.preset, device.type)
+    try:
+        precision = choose_precision(args.precision, device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     try:
         features = FeatureSpec(parse_features(args.features), args.transfer, args.exposure_norm)
     except ValueError as e:
@@ -136,4 +147,4 @@ def resolve(args: argparse.Namespace, device_type: str) -> Resolved:
         raise UserError(f"--ring {args.ring}: expected at least 1 frame")
     if args.path_fps <= 0:
         raise UserError(f"--path-fps {args.path_fps}: expected a positive number")
-    return Resolved(preset, model, features, train, spp, parse_res(args.res))
+    return Resolved(preset, model, features, train, spp, parse_res(args.res), precision)

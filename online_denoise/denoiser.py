@@ -12,14 +12,16 @@ import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .arrays import pad_to, to_chw
+from .arrays import pad_to, to_chw, to_hwc_numpy
 from .color import autoexposure
 from .errors import UserError
 from .features import FeatureSpec, build_input, finite
 from .files import atomic_write
 from .model import ModelConfig, UNet
+from .precision import Precision
 
 CHECKPOINT_FORMAT = "online_denoise.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -42,14 +44,17 @@ def select_device(name: str = "auto") -> torch.device:
 
 def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
                 albedo: torch.Tensor | None, normal: torch.Tensor | None,
-                exposure: torch.Tensor | float = 1.0) -> torch.Tensor:
-    """Linear HDR prediction, N x 3 x H x W, for N x 3 x H x W inputs of any size."""
+                exposure: torch.Tensor | float = 1.0, precision: Precision = Precision()) -> torch.Tensor:
+    """Linear HDR prediction, N x 3 x H x W (fp32), for N x 3 x H x W inputs of any size."""
     color = finite(color) * exposure
     x = build_input(spec, color, albedo, normal)
     x, (h, w) = pad_to(x, model.alignment)
     c, _ = pad_to(color, model.alignment)
-    y = model(x, c)[..., :h, :w]
-    return y / exposure
+    if precision.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with precision.autocast(x.device):
+        y = model(x, c)
+    return y.float()[..., :h, :w] / exposure
 
 
 def frame_exposure(spec: FeatureSpec, color) -> float:
@@ -59,14 +64,18 @@ def frame_exposure(spec: FeatureSpec, color) -> float:
 class Denoiser:
     """A network plus its feature spec, with the weights swapped in as training publishes them."""
 
-    def __init__(self, model_config: ModelConfig, spec: FeatureSpec, device: torch.device | str = "cpu"):
+    def __init__(self, model_config: ModelConfig, spec: FeatureSpec, device: torch.device | str = "cpu",
+                 precision: Precision = Precision()):
         if model_config.in_channels != spec.channels:
             raise CheckpointError(
                 f"model expects {model_config.in_channels} input channels but {spec.describe()} has {spec.channels}")
         self.model_config = model_config
         self.spec = spec
         self.device = torch.device(device)
+        self.precision = precision
         self.model = UNet(model_config).to(self.device).eval()
+        if precision.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.version = -1  # weight version last loaded; -1: initial weights
 
     def load_weights(self, state_dict: dict, version: int) -> None:
@@ -77,7 +86,7 @@ class Denoiser:
     def denoise_batch(self, color: torch.Tensor, albedo: torch.Tensor | None, normal: torch.Tensor | None,
                       exposure: float = 1.0) -> torch.Tensor:
         y = run_network(self.model, self.spec, color.to(self.device), _opt(albedo, self.device),
-                        _opt(normal, self.device), exposure)
+                        _opt(normal, self.device), exposure, self.precision)
         return y.clamp_min(0.0)
 
     def denoise(self, color, albedo=None, normal=None) -> torch.Tensor:
@@ -85,6 +94,33 @@ class Denoiser:
         dev = self.device
         return self.denoise_batch(to_chw(color, dev), _opt_chw(albedo, dev), _opt_chw(normal, dev),
                                   frame_exposure(self.spec, color))
+
+    @torch.inference_mode()
+    def denoise_tiled(self, color, albedo=None, normal=None, tile: int = 512, overlap: int = 96):
+        """Denoise an H x W x 3 numpy image tile by tile; returns H x W x 3 float32 numpy.
+
+        Each output tile is computed from the tile plus ``overlap`` pixels of
+        context on every side, with tile origins on the network's pooling grid,
+        so the result matches a single pass over the whole image (a test bounds
+        the difference) while memory stays bounded by the tile size.
+        """
+        a = self.model.alignment
+        tile = max(a, tile // a * a)
+        overlap = -(-overlap // a) * a
+        h, w = color.shape[:2]
+        exposure = frame_exposure(self.spec, color)  # one exposure for the whole frame, not per tile
+        out = np.empty((h, w, 3), np.float32)
+        dev = self.device
+        for y0 in range(0, h, tile):
+            for x0 in range(0, w, tile):
+                y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+                cy0, cx0 = max(0, y0 - overlap), max(0, x0 - overlap)
+                cy1, cx1 = min(h, y1 + overlap), min(w, x1 + overlap)
+                window = (slice(cy0, cy1), slice(cx0, cx1))
+                y = self.denoise_batch(to_chw(color[window], dev), _opt_chw(_crop(albedo, window), dev),
+                                       _opt_chw(_crop(normal, window), dev), exposure)
+                out[y0:y1, x0:x1] = to_hwc_numpy(y[..., y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0])
+        return out
 
     def denoise_pair(self, frame) -> "PairResult":
         """Denoise both renders of a frame in one batch and average them."""
@@ -113,6 +149,10 @@ def _opt_chw(x, device):
     return None if x is None else to_chw(x, device)
 
 
+def _crop(x, window):
+    return None if x is None else x[window]
+
+
 def _expand(x, n):
     return None if x is None else x.expand(n, -1, -1, -1)
 
@@ -126,8 +166,8 @@ class Checkpoint:
     state_dict: dict
     meta: dict = field(default_factory=dict)
 
-    def denoiser(self, device: torch.device | str = "cpu") -> Denoiser:
-        d = Denoiser(self.model_config, self.spec, device)
+    def denoiser(self, device: torch.device | str = "cpu", precision: Precision = Precision()) -> Denoiser:
+        d = Denoiser(self.model_config, self.spec, device, precision)
         d.load_weights(self.state_dict, int(self.meta.get("weight_version", 0)))
         return d
 

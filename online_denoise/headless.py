@@ -84,6 +84,7 @@ def live_frames(session: Session, frames: int, path_fps: float, seconds: float |
     Stops after ``frames`` frames, or when ``seconds`` of wall-clock time have passed.
     """
     start = time.perf_counter()
+    session.restart_clock()
     for i in range(frames):
         if seconds is not None and time.perf_counter() - start >= seconds:
             return

@@ -28,6 +28,7 @@ class ModelConfig:
     head: tuple[int, int] | None = None  # None: (64, 32) scaled by width / 48
     output: str = "direct"  # "direct": the paper's 3 linear channels; "kpn": per-pixel filter kernels
     kernel_size: int = 5  # side of the kpn kernel
+    scales: int = 1  # kpn: filter at this many scales (full, 1/2, 1/4...) and composite them
 
     def __post_init__(self):
         if self.width < 1 or self.depth < 1 or self.in_channels < 1:
@@ -36,10 +37,17 @@ class ModelConfig:
             raise ValueError(f"model output {self.output!r}: expected one of {OUTPUTS}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size {self.kernel_size}: expected an odd positive number")
+        if not 1 <= self.scales <= self.depth:
+            raise ValueError(f"scales {self.scales}: expected 1 to depth ({self.depth})")
+        if self.scales > 1 and self.output != "kpn":
+            raise ValueError("scales > 1 needs the kpn output")
 
     @property
     def out_channels(self) -> int:
-        return 3 if self.output == "direct" else self.kernel_size ** 2
+        """Channels of the full-resolution head: colour, or kernel logits (plus a blend weight if multi-scale)."""
+        if self.output == "direct":
+            return 3
+        return self.kernel_size ** 2 + (1 if self.scales > 1 else 0)
 
     @property
     def decoder_channels(self) -> int:
@@ -92,6 +100,11 @@ class UNet(nn.Module):
         cin = (w if d == 1 else dw) + config.in_channels
         self.dec1 = nn.ModuleList([_conv(cin, h1), _conv(h1, h2)])
         self.out = nn.Conv2d(h2, config.out_channels, 3, padding=1)
+        # Coarser kpn scales read the decoder's 1/2, 1/4... outputs: kernel logits, plus a blend
+        # weight for every scale that has a coarser one below it.
+        k2 = config.kernel_size ** 2
+        self.scale_heads = nn.ModuleList(
+            nn.Conv2d(dw, k2 + (1 if s < config.scales - 1 else 0), 3, padding=1) for s in range(1, config.scales))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -99,7 +112,8 @@ class UNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, a=LEAKY_SLOPE, nonlinearity="leaky_relu")
                 nn.init.zeros_(m.bias)
-        nn.init.kaiming_normal_(self.out.weight, nonlinearity="linear")
+        for head in (self.out, *self.scale_heads):
+            nn.init.kaiming_normal_(head.weight, nonlinearity="linear")
 
     @staticmethod
     def _act(x: torch.Tensor) -> torch.Tensor:
@@ -120,17 +134,25 @@ class UNet(nn.Module):
             if i < self.config.depth:
                 skips.append(x)  # pool i: the paper skips the pooled tensor, before the next conv
             x = act(self.enc[i](x))  # the last one is the bottleneck
+        decoded = []  # decoder outputs from coarse to fine; the last ones feed the coarse kpn scales
         for stage in self.dec:
             x = F.interpolate(x, scale_factor=2, mode="nearest")
             x = torch.cat([x, skips.pop()], dim=1)
             x = act(stage[1](act(stage[0](x))))
+            decoded.append(x)
         x = F.interpolate(x, scale_factor=2, mode="nearest")
         x = torch.cat([x, skips.pop()], dim=1)
         x = act(self.dec1[1](act(self.dec1[0](x))))
         x = self.out(x)
-        if self.config.output == "kpn":
-            return apply_kernels(color, x, self.config.kernel_size)
-        return x
+        if self.config.output == "direct":
+            return x
+        # Under autocast the logits arrive in bf16/fp16; softmax and filtering run in fp32.
+        color = color.float()
+        k = self.config.kernel_size
+        if self.config.scales == 1:
+            return apply_kernels(color, x.float(), k)
+        heads = [x.float()] + [head(decoded[-s]).float() for s, head in enumerate(self.scale_heads, start=1)]
+        return composite_scales(color, heads, k)
 
 
 def apply_kernels(color: torch.Tensor, logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -139,13 +161,50 @@ def apply_kernels(color: torch.Tensor, logits: torch.Tensor, k: int) -> torch.Te
     Softmax weights are positive and sum to one, so the output is a convex
     combination of noisy neighbours: it cannot go negative, cannot create
     energy, and starts out as a box-ish blur instead of random values.
+    One shifted multiply-add per tap: unfolding the k^2 neighbourhoods into a
+    tensor instead took 6.6x longer at 256^2 (37 against 5.7 ms for 2 images).
     """
-    n, c, h, w = color.shape
+    h, w = color.shape[-2:]
     r = k // 2
     weights = logits.softmax(dim=1)
     padded = F.pad(color, (r, r, r, r), mode="replicate")
-    patches = F.unfold(padded, k).view(n, c, k * k, h, w)
-    return torch.einsum("nckhw,nkhw->nchw", patches, weights)
+    out = None
+    for t in range(k * k):
+        dy, dx = divmod(t, k)
+        term = padded[:, :, dy:dy + h, dx:dx + w] * weights[:, t:t + 1]
+        out = term if out is None else out + term
+    return out
+
+
+def _down(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, 2)
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def composite_scales(color: torch.Tensor, heads: list[torch.Tensor], k: int) -> torch.Tensor:
+    """Multi-scale kernel prediction with Vogels et al.'s (2018) scale compositor.
+
+    heads[s] holds k^2 kernel logits for the colour box-downsampled s times,
+    plus, for every scale but the coarsest, one blend-weight logit a. From the
+    coarsest up:  out_s = f_s - a * U(D(f_s)) + a * U(out_{s+1}),  i.e. the
+    low frequencies of the fine filtering are swapped for the coarser result,
+    so that wide flat regions get wide filters while edges keep fine ones.
+    Every f_s is a convex combination of noisy pixels and the blend preserves
+    the weights' sum of one, so the output stays an energy-conserving
+    (affine) combination of the input.
+    """
+    colors = [color]
+    for _ in heads[1:]:
+        colors.append(_down(colors[-1]))
+    out = apply_kernels(colors[-1], heads[-1][:, : k * k], k)
+    for s in range(len(heads) - 2, -1, -1):
+        f = apply_kernels(colors[s], heads[s][:, : k * k], k)
+        a = torch.sigmoid(heads[s][:, k * k:k * k + 1])
+        out = f + a * (_up(out) - _up(_down(f)))
+    return out
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -22,6 +22,7 @@ from .denoiser import Checkpoint, Denoiser, PairResult, frame_exposure, save_che
 from .features import FeatureSpec
 from .metrics import error_estimate
 from .model import ModelConfig, UNet
+from .precision import Precision
 from .ring import RingBuffer
 from .trainer import TrainConfig, Trainer
 
@@ -34,6 +35,7 @@ class SessionConfig:
     device: str = "cpu"
     ring_capacity: int = 16  # frames kept for replay
     train_enabled: bool = True
+    precision: Precision = Precision()
 
 
 @dataclass
@@ -78,8 +80,8 @@ class Session:
             model.load_state_dict(checkpoint.state_dict)
         h, w = renderer.shape
         self.ring = RingBuffer(config.ring_capacity, h, w, device)
-        self.trainer = Trainer(model, config.features, self.ring, config.train, device)
-        self.denoiser = Denoiser(model_config, config.features, device)
+        self.trainer = Trainer(model, config.features, self.ring, config.train, device, config.precision)
+        self.denoiser = Denoiser(model_config, config.features, device, config.precision)
         self._load_latest()
         self.frames = 0
         self._last_end = time.perf_counter()
@@ -95,6 +97,10 @@ class Session:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def restart_clock(self) -> None:
+        """Start the next frame's wall-clock time now (e.g. after a long pause outside the loop)."""
+        self._last_end = time.perf_counter()
 
     def step(self, pose) -> FrameResult:
         self.trainer.check()

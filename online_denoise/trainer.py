@@ -20,6 +20,7 @@ import torch
 from .denoiser import run_network
 from .features import FeatureSpec
 from .loss import get_loss
+from .precision import Precision
 from .ring import RingBuffer
 
 
@@ -34,6 +35,7 @@ class TrainConfig:
     budget_ms: float | None = None  # ...or, when set, as many steps as fit in this many ms per frame
     loss: str = "hdr"
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
+    ema: float | None = None  # publish an exponential moving average of the weights with this decay
 
     def __post_init__(self):
         get_loss(self.loss)
@@ -56,14 +58,20 @@ class Snapshot:
 
 class Trainer:
     def __init__(self, model: torch.nn.Module, spec: FeatureSpec, ring: RingBuffer, config: TrainConfig,
-                 device: torch.device | str = "cpu"):
-        self.model = model.to(device).train()
+                 device: torch.device | str = "cpu", precision: Precision = Precision()):
+        self.precision = precision
+        model = model.to(device).train()
+        if precision.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
         self.spec = spec
         self.ring = ring
         self.config = config
         self.device = torch.device(device)
         self.loss_fn = get_loss(config.loss)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps)
+        # fp16 gradients underflow without loss scaling; the scaler also skips steps with inf/NaN gradients.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision.needs_loss_scaling)
 
         self.steps = 0
         self.skipped_nonfinite = 0
@@ -77,6 +85,7 @@ class Trainer:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._snapshot_lock = threading.Lock()
+        self._ema: dict[str, torch.Tensor] | None = self._clone_state() if config.ema else None
         self._snapshot = Snapshot(0, self._clone_state())
         self._thread: threading.Thread | None = None
 
@@ -166,10 +175,12 @@ class Trainer:
         batch = self.ring.sample(self.config.batch, self.config.crop)
         if batch is None:
             return False
-        pred = run_network(self.model, self.spec, batch.input, batch.albedo, batch.normal, batch.exposure)
+        pred = run_network(self.model, self.spec, batch.input, batch.albedo, batch.normal, batch.exposure,
+                           self.precision)
         loss = self.loss_fn(pred, batch.target)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
         if self.config.grad_clip is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         else:
@@ -179,8 +190,10 @@ class Trainer:
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             self.skipped_nonfinite += 1
             self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()  # lets fp16's scale back off after an overflow
             return True
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.steps += 1
         self.last_loss = loss_value
         self.losses.append(loss_value)
@@ -190,7 +203,22 @@ class Trainer:
     def _clone_state(self) -> dict:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Ramp the decay up over the first steps, so that the average does not drag the
+        # random initial weights along (as TensorFlow's ExponentialMovingAverage does).
+        decay = min(self.config.ema, (1 + self.steps) / (10 + self.steps))
+        for k, v in self.model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self._ema[k].lerp_(v, 1.0 - decay)
+            else:
+                self._ema[k].copy_(v)
+
     def _publish(self) -> None:
-        snap = Snapshot(self.steps, self._clone_state())
+        if self._ema is not None:
+            self._update_ema()
+            snap = Snapshot(self.steps, {k: v.clone() for k, v in self._ema.items()})
+        else:
+            snap = Snapshot(self.steps, self._clone_state())
         with self._snapshot_lock:
             self._snapshot = snap

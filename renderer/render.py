@@ -45,6 +45,7 @@ class RenderConfig:
     seed: int = 0  # selects this session's block of seeds
     path: str | None = None  # camera path JSON; None: the scene's path.json, else an orbit
     arrays: str = "auto"  # "numpy", or "dlpack" (drjit tensors for zero-copy torch); auto: dlpack on CUDA
+    threads: int | None = None  # drjit's CPU worker threads (LLVM variant); None: one per core
 
     def __post_init__(self):
         if self.width < 1 or self.height < 1:
@@ -66,6 +67,8 @@ class Renderer:
         import drjit
 
         self._dr = drjit
+        if config.threads is not None and self.variant.startswith("llvm"):
+            drjit.set_thread_count(config.threads)
         xml = prepare_xml(self.scene_info.xml, config.width, config.height, config.spp)
         # Relative asset paths in the XML resolve against the scene's own folder.
         resolver = mi.file_resolver() if hasattr(mi, "file_resolver") else mi.Thread.thread().file_resolver()
@@ -173,10 +176,11 @@ class Renderer:
             total = image if total is None else total + image
         return total
 
-    def render_pair(self, pose: Pose, index: int = 0) -> Frame:
+    def render_pair(self, pose: Pose, index: int = 0, spp: int | None = None) -> Frame:
+        """Both renders and the aux pass; ``spp`` overrides the configured count for this frame."""
         if pose is not self.pose:
             self.set_pose(pose)
-        spp = self.config.spp
+        spp = spp or self.config.spp
         aux_spp = self.config.aux_spp or spp
         seeds = (self.take_seed(), self.take_seed(), self.take_seed())
         t0 = time.perf_counter()
