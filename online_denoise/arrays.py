@@ -44,5 +44,10 @@ def pad_to(x: torch.Tensor, alignment: int) -> tuple[torch.Tensor, tuple[int, in
 
 
 def pair_average(frame) -> np.ndarray:
-    """(a + b) / 2 of a frame's two renders: the noisy image at the denoiser's own sample budget."""
+    """(a + b) / 2 of a frame's two renders: the noisy image at the denoiser's own sample budget.
+
+    A single-render frame spent that budget on its one render, which is returned as is.
+    """
+    if frame.color_b is None:
+        return to_numpy(frame.color_a)
     return 0.5 * (to_numpy(frame.color_a) + to_numpy(frame.color_b))

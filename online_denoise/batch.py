@@ -10,7 +10,6 @@ type and compression. Inputs are never overwritten and every write is atomic.
 from __future__ import annotations
 
 import glob
-import os
 import re
 import sys
 import time

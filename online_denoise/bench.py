@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .arrays import pair_average, to_hwc_numpy, to_numpy
-from .files import atomic_write, atomic_write_json, atomic_write_text
+from .files import atomic_write_json, atomic_write_text
 from .headless import live_frames
 from .metrics import RELMSE_EPS, all_metrics, temporal_change
 from .oidn import OIDN_QUALITY, oidn_denoise
@@ -344,4 +344,35 @@ def compare(a: dict, b: dict) -> str:
     lines = [f"{'':<14} {la[:12]:>12} {lb[:12]:>12} {'B - A':>10}"]
     for name, va, vb, fmt in rows:
         lines.append(f"{name:<14} {_f(va, '12' + fmt)} {_f(vb, '12' + fmt)} {_f(vb - va, '+10' + fmt)}")
+    return "\n".join(lines)
+
+
+def comparison_outputs(out: Path, reports: list[dict]) -> str:
+    """Several runs (targets x scenes) side by side: a table, comparison.json/.csv and a plot per scene."""
+    from .plots import comparison_plot
+
+    rows = []
+    for r in reports:
+        ours, oidn, noisy = r["final"]["ours"], r["final"]["oidn"], r["final"]["noisy"]
+        steady = r["timing"]["steady"]
+        rows.append({
+            "scene": r["scene"], "target": r["config"]["train"]["target"], "seconds": ours["seconds"],
+            "frames": r["frames"], "fps": r["fps"], "steps_per_s": r["steps_per_second"],
+            "render_ms": steady["render"]["mean"], "train_ms": steady["train"]["mean"],
+            "psnr": ours["psnr"], "relmse": ours["relmse"], "flip": ours["flip"],
+            "oidn_psnr": oidn["psnr"], "oidn_flip": oidn["flip"], "noisy_psnr": noisy["psnr"],
+        })
+    atomic_write_json(out / "comparison.json", {"format": "online_denoise.comparison/1", "rows": rows,
+                                                "reports": [r["label"] for r in reports]})
+    atomic_write_text(out / "comparison.csv", _csv(rows, list(rows[0])))
+    for scene in sorted({r["scene"] for r in reports}):
+        comparison_plot(out / f"comparison_{scene}.png", [r for r in reports if r["scene"] == scene])
+    head = (f"{'scene':<15} {'target':<10} {'at s':>5} {'fps':>5} {'steps/s':>7} {'render':>7} "
+            f"{'PSNR':>6} {'relMSE':>7} {'FLIP':>6} | {'OIDN PSNR':>9} {'FLIP':>6} | {'noisy':>6}")
+    lines = [head]
+    for w in rows:
+        lines.append(f"{w['scene']:<15} {w['target']:<10} {w['seconds']:5.0f} {w['fps']:5.2f} {w['steps_per_s']:7.2f} "
+                     f"{w['render_ms']:7.0f} {w['psnr']:6.2f} {w['relmse']:7.4f} {w['flip']:6.4f} | "
+                     f"{w['oidn_psnr']:9.2f} {w['oidn_flip']:6.4f} | {w['noisy_psnr']:6.2f}")
+    lines.append(f"wrote {out}/comparison.json, comparison.csv, comparison_<scene>.png and a report folder per run")
     return "\n".join(lines)

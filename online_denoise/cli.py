@@ -105,14 +105,33 @@ def _cmd_scenes(args) -> int:
     return 0
 
 
-def _renderer(args, spp: int, seed: int = 0):
+def _starting_weights(args, run):
+    """--checkpoint if given, else the preset's prior when it fits this run's network and features."""
+    from .config import prior_path
+    from .denoiser import load_checkpoint
+
+    if args.checkpoint:
+        return load_checkpoint(args.checkpoint, expect=run.features)
+    path = prior_path(run, getattr(args, "prior", "none"))
+    if path is None:
+        return None
+    prior = load_checkpoint(path)
+    if prior.model_config != run.model or prior.spec != run.features:
+        print(f"online-denoise: the {run.preset.name} prior does not fit this network or feature set; "
+              f"starting from random weights", file=sys.stderr)
+        return None
+    return prior
+
+
+def _renderer(args, spp: int, seed: int = 0, run=None):
     from renderer import Renderer, RenderConfig
 
     from .config import parse_res
 
     width, height = parse_res(args.res)
     return Renderer(RenderConfig(scene=args.scene, width=width, height=height, spp=spp, variant=args.variant,
-                                 seed=seed, path=args.path, threads=args.render_threads))
+                                 seed=seed, path=args.path, threads=args.render_threads,
+                                 renders=run.renders if run else 2, target_spp=run.target_spp if run else None))
 
 
 def _apply_torch_threads(args) -> None:
@@ -146,11 +165,7 @@ def _cmd_reference(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import BenchOptions, compare, load_report, run_bench, table
-    from .config import resolve
-    from .denoiser import load_checkpoint, select_device
-    from .files import ensure_writable_dir
-    from .session import Session, SessionConfig
+    from .bench import compare, comparison_outputs, load_report, table
 
     if args.compare:
         print(compare(load_report(args.compare[0]), load_report(args.compare[1])))
@@ -158,37 +173,65 @@ def _cmd_bench(args) -> int:
     _check_positive(frames=args.frames, every=args.every, reference_spp=args.reference_spp, seconds=args.seconds)
     if args.warmup < 0 or args.static_frames < 0:
         raise UserError("--warmup and --static-frames must not be negative")
+    scenes = [s for s in args.scene.split(",") if s]
+    targets = [t for t in args.target.split(",") if t]
+    from renderer import resolve_scene
+
+    for name in scenes:
+        resolve_scene(name)  # fail on a bad name before any run starts
+    single = len(scenes) == 1 and len(targets) == 1
+    base = Path(args.out) if args.out else Path("runs") / (f"bench-{resolve_scene(scenes[0]).name}" if single
+                                                           else "bench-compare")
+    reports = []
+    for scene in scenes:
+        for target in targets:
+            run_args = argparse.Namespace(**{**vars(args), "scene": scene, "target": target})
+            out = base if single else base / resolve_scene(scene).name / target
+            label = args.label or (target if len(targets) > 1 else resolve_scene(scene).name)
+            report = _bench_one(run_args, out, label)
+            print(table(report))
+            reports.append(report)
+    if single:
+        print(f"wrote {base}/report.json, frames.csv, quality.csv, stages.png, quality_frames.png, "
+              f"quality_seconds.png, crops.png")
+    else:
+        print(comparison_outputs(base, reports))
+    return 0
+
+
+def _bench_one(args, out: Path, label: str) -> dict:
+    from .bench import BenchOptions, run_bench
+    from .config import resolve
+    from .denoiser import select_device
+    from .files import ensure_writable_dir
+    from .session import Session, SessionConfig
+
     device = select_device(args.device)
     run = resolve(args, device)
     _apply_torch_threads(args)
-    from renderer import resolve_scene
-
-    scene = resolve_scene(args.scene)
-    out = ensure_writable_dir(args.out or Path("runs") / f"bench-{scene.name}")
-    checkpoint = load_checkpoint(args.checkpoint, expect=run.features) if args.checkpoint else None
-    renderer = _renderer(args, run.spp, args.seed)
-    session = Session(renderer, SessionConfig(run.model, run.features, run.train, str(device), args.ring, precision=run.precision), checkpoint)
+    ensure_writable_dir(out)
+    checkpoint = _starting_weights(args, run)
+    renderer = _renderer(args, run.spp, args.seed, run)
+    session = Session(renderer, SessionConfig(run.model, run.features, run.train, str(device), args.ring,
+                                              precision=run.precision), checkpoint)
     config = {**run.to_dict(), "scene": str(renderer.scene_info.xml), "variant": renderer.variant,
-              "device": str(device), "checkpoint": args.checkpoint, "seconds": args.seconds}
+              "device": str(device), "checkpoint": args.checkpoint, "seconds": args.seconds,
+              "start": "checkpoint" if args.checkpoint else ("prior" if checkpoint is not None else "random")}
     options = BenchOptions(out=out, frames=args.frames, seconds=args.seconds, every=args.every, warmup=args.warmup,
                            reference_spp=args.reference_spp, cache_dir=args.cache_dir,
                            static_frames=args.static_frames, path_fps=args.path_fps, window=args.window,
-                           label=args.label, config=config)
+                           label=label, config=config)
     try:
-        report = run_bench(session, options)
+        return run_bench(session, options)
     finally:
         session.close()
-    print(table(report))
-    print(f"wrote {out}/report.json, frames.csv, quality.csv, stages.png, quality_frames.png, "
-          f"quality_seconds.png, crops.png")
-    return 0
 
 
 def _cmd_train(args) -> int:
     import dataclasses
 
     from .config import resolve
-    from .denoiser import load_checkpoint, select_device
+    from .denoiser import select_device
     from .train import OfflineOptions, train_offline
 
     _check_positive(frames_per_scene=args.frames_per_scene, steps=args.steps)
@@ -206,13 +249,13 @@ def _cmd_train(args) -> int:
     from .files import ensure_writable_dir
 
     ensure_writable_dir(out.parent if str(out.parent) else Path("."))
-    init = load_checkpoint(args.checkpoint, expect=run.features) if args.checkpoint else None
+    init = _starting_weights(args, run)
     model = init.model_config if init is not None else run.model
     scenes = [s for s in args.scene.split(",") if s]
     renderers = []
     for i, name in enumerate(scenes):
         args_i = argparse.Namespace(**{**vars(args), "scene": name})
-        renderers.append(_renderer(args_i, run.spp, args.seed + i))
+        renderers.append(_renderer(args_i, run.spp, args.seed + i, run))
     record = {"command": "online-denoise " + " ".join(sys.argv[1:]), "scenes": scenes,
               "frames_per_scene": args.frames_per_scene, "steps": args.steps, "res": list(run.res), "spp": run.spp,
               "spp_mix": list(spp_mix),
@@ -266,7 +309,7 @@ def _cmd_fly(args) -> int:
     from renderer import resolve_scene
 
     from .config import resolve
-    from .denoiser import load_checkpoint, select_device
+    from .denoiser import select_device
     from .files import ensure_writable_dir
     from .headless import HeadlessOptions, run_headless
     from .session import Session, SessionConfig
@@ -280,7 +323,7 @@ def _cmd_fly(args) -> int:
     _apply_torch_threads(args)
     scene = resolve_scene(args.scene)  # fail on a bad name before anything slow
     out = ensure_writable_dir(args.out or Path("runs") / scene.name)
-    checkpoint = load_checkpoint(args.checkpoint, expect=run.features) if args.checkpoint else None
+    checkpoint = _starting_weights(args, run)
 
     headless = args.headless
     if not headless and not _display_available():
@@ -288,11 +331,12 @@ def _cmd_fly(args) -> int:
         headless = True
 
     width, height = run.res
-    renderer = _renderer(args, run.spp, args.seed)
+    renderer = _renderer(args, run.spp, args.seed, run)
     session = Session(renderer, SessionConfig(run.model, run.features, run.train, str(device), args.ring, precision=run.precision),
                       checkpoint)
     config = {**run.to_dict(), "scene": str(renderer.scene_info.xml), "variant": renderer.variant,
-              "device": str(device), "checkpoint": args.checkpoint}
+              "device": str(device), "checkpoint": args.checkpoint,
+              "start": "checkpoint" if args.checkpoint else ("prior" if checkpoint is not None else "random")}
     if not headless:
         code = _run_window(session, args, out, config)
         if code is not None:

@@ -11,12 +11,16 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from .errors import UserError
 from .features import FEATURE_CHANNELS, FeatureSpec
 from .model import ModelConfig
 from .precision import Precision, choose_precision
 from .trainer import TrainConfig
+
+
+PRIORS_DIR = Path(__file__).resolve().parent / "priors"
 
 
 @dataclass(frozen=True)
@@ -26,12 +30,14 @@ class Preset:
     model: ModelConfig
     train: TrainConfig
     spp: int  # per render of a pair
+    prior: str | None = None  # weights live training starts from (priors/), made by scripts/train_prior.sh
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("cpu", "2-core CPU: width-16 U-Net, 3-scale 5x5 kernel-predicting head, 1 step of 8 crops per frame",
+    Preset("cpu", "2-core CPU: width-16 U-Net, 3-scale 5x5 kernel-predicting head, 1 step of 8 crops per frame, "
+                  "2 spp per render, starting from the shipped prior",
            ModelConfig(width=16, depth=5, output="kpn", kernel_size=5, scales=3),
-           TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1), spp=4),
+           TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1), spp=2, prior="cpu.pt"),
     Preset("gpu", "CUDA: the paper's width-48 U-Net with the 3-scale kernel-predicting head, 8 steps per frame",
            ModelConfig(width=48, depth=5, output="kpn", kernel_size=5, scales=3),
            TrainConfig(lr=1e-3, batch=8, crop=128, steps_per_frame=8), spp=8),
@@ -88,11 +94,19 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", default="auto", help=f"auto (cpu or gpu by device), or one of {', '.join(PRESETS)}")
     g.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda or cuda:N")
     g.add_argument("--checkpoint", default=None, help="start from these weights (their network replaces the preset's)")
+    g.add_argument("--prior", choices=["auto", "none"], default="auto",
+                   help="auto: start from the preset's shipped prior when it fits the run; none: random weights")
     g.add_argument("--features", default="color,albedo,normal", help="network inputs (default color,albedo,normal)")
     g.add_argument("--transfer", default="paper", help="input transfer: paper ((v/(1+v))^(1/2.2)), log or linear")
     g.add_argument("--exposure-norm", choices=["none", "auto"], default="none",
                    help="scale each frame to middle grey before the transfer")
-    g.add_argument("--loss", default=None, help="hdr (default), l2 or l1")
+    g.add_argument("--loss", default=None,
+                   help="hdr (default), l2, l1, l0 (annealed 2 -> 0), or nll (blind-spot likelihood, its default)")
+    g.add_argument("--target", default="n2n",
+                   help="n2n (default), n2c (clean target), blindspot or gr2r; a comma list compares them (bench)")
+    g.add_argument("--target-spp", type=int, default=None, help="n2c: spp of the clean target (default 32x --spp)")
+    g.add_argument("--gr2r-gamma", type=float, default=1.0, help="gr2r: weight of its extra terms (default 1)")
+    g.add_argument("--anneal-steps", type=int, default=2000, help="l0: steps over which gamma goes 2 -> 0")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: preset)")
     g.add_argument("--steps-per-frame", type=int, default=None, help="training steps per new frame (default: preset)")
     g.add_argument("--train-budget-ms", type=float, default=None,
@@ -111,14 +125,16 @@ class Resolved:
     model: ModelConfig
     features: FeatureSpec
     train: TrainConfig
-    spp: int
+    spp: int  # of each render; a single-render target's one render already has twice the pair's
     res: tuple[int, int]
     precision: Precision
+    renders: int = 2
+    target_spp: int | None = None
 
     def to_dict(self) -> dict:
         return {"preset": self.preset.name, "model": self.model.to_dict(), "features": self.features.to_dict(),
                 "train": asdict(self.train), "spp": self.spp, "res": list(self.res),
-                "precision": asdict(self.precision)}
+                "precision": asdict(self.precision), "renders": self.renders, "target_spp": self.target_spp}
 
 
 def resolve(args: argparse.Namespace, device) -> Resolved:
@@ -131,10 +147,23 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
         features = FeatureSpec(parse_features(args.features), args.transfer, args.exposure_norm)
     except ValueError as e:
         raise UserError(f"--transfer/--features: {e}") from None
+    target = getattr(args, "target", "n2n")
+    if "," in target:
+        raise UserError(f"--target {target}: several targets can be compared by bench only")
+    from .targets import SINGLE_RENDER, TARGETS
+
+    if target not in TARGETS:
+        raise UserError(f"--target {target}: expected one of {', '.join(TARGETS)}")
+    loss = args.loss or ("nll" if target == "blindspot" else None)
     model = replace(preset.model, in_channels=features.channels)
+    if target == "blindspot":
+        # The same width and depth as the preset's U-Net; four rotated branches make it ~4x the work.
+        model = ModelConfig(in_channels=features.channels, width=model.width, depth=model.depth, arch="blindspot",
+                            output="posterior" if loss == "nll" else "mean")
     overrides = {k: v for k, v in {
-        "loss": args.loss, "lr": args.lr, "steps_per_frame": args.steps_per_frame,
-        "budget_ms": args.train_budget_ms, "crop": args.crop, "batch": args.batch,
+        "loss": loss, "lr": args.lr, "steps_per_frame": args.steps_per_frame,
+        "budget_ms": args.train_budget_ms, "crop": args.crop, "batch": args.batch, "target": target,
+        "gr2r_gamma": getattr(args, "gr2r_gamma", None), "anneal_steps": getattr(args, "anneal_steps", None),
     }.items() if v is not None}
     try:
         train = replace(preset.train, **overrides)
@@ -143,8 +172,23 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     spp = args.spp if args.spp is not None else preset.spp
     if spp < 1:
         raise UserError(f"--spp {spp}: expected a positive sample count")
+    renders, target_spp = 2, None
+    if target in SINGLE_RENDER:
+        renders, spp = 1, 2 * spp  # the whole render budget on one render: equal cost to a pair
+    if target == "n2c":
+        target_spp = getattr(args, "target_spp", None) or 32 * spp
+        if target_spp < 1:
+            raise UserError(f"--target-spp {target_spp}: expected a positive sample count")
     if args.ring < 1:
         raise UserError(f"--ring {args.ring}: expected at least 1 frame")
     if args.path_fps <= 0:
         raise UserError(f"--path-fps {args.path_fps}: expected a positive number")
-    return Resolved(preset, model, features, train, spp, parse_res(args.res), precision)
+    return Resolved(preset, model, features, train, spp, parse_res(args.res), precision, renders, target_spp)
+
+
+def prior_path(run: "Resolved", choice: str) -> Path | None:
+    """The preset's prior, if asked for, shipped, and trained for this run's network and features."""
+    if choice == "none" or run.preset.prior is None:
+        return None
+    path = PRIORS_DIR / run.preset.prior
+    return path if path.is_file() else None

@@ -20,7 +20,7 @@ from .color import autoexposure
 from .errors import UserError
 from .features import FeatureSpec, build_input, finite
 from .files import atomic_write
-from .model import ModelConfig, UNet
+from .model import ModelConfig, build_model
 from .precision import Precision
 
 CHECKPOINT_FORMAT = "online_denoise.checkpoint"
@@ -42,16 +42,24 @@ def select_device(name: str = "auto") -> torch.device:
         raise UserError(f"--device {name}: expected auto, cpu or cuda[:N]") from None
 
 
+def prepare_input(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor, albedo: torch.Tensor | None,
+                  normal: torch.Tensor | None, exposure: torch.Tensor | float = 1.0,
+                  precision: Precision = Precision()) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """Features and colour, padded to the network's alignment, plus the unpadded size."""
+    color = finite(color) * exposure
+    x = build_input(spec, color, albedo, normal)
+    x, size = pad_to(x, model.alignment)
+    c, _ = pad_to(color, model.alignment)
+    if precision.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, c, size
+
+
 def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
                 albedo: torch.Tensor | None, normal: torch.Tensor | None,
                 exposure: torch.Tensor | float = 1.0, precision: Precision = Precision()) -> torch.Tensor:
     """Linear HDR prediction, N x 3 x H x W (fp32), for N x 3 x H x W inputs of any size."""
-    color = finite(color) * exposure
-    x = build_input(spec, color, albedo, normal)
-    x, (h, w) = pad_to(x, model.alignment)
-    c, _ = pad_to(color, model.alignment)
-    if precision.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x, c, (h, w) = prepare_input(model, spec, color, albedo, normal, exposure, precision)
     with precision.autocast(x.device):
         y = model(x, c)
     return y.float()[..., :h, :w] / exposure
@@ -73,7 +81,7 @@ class Denoiser:
         self.spec = spec
         self.device = torch.device(device)
         self.precision = precision
-        self.model = UNet(model_config).to(self.device).eval()
+        self.model = build_model(model_config, spec.transfer).to(self.device).eval()
         if precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.version = -1  # weight version last loaded; -1: initial weights
@@ -123,21 +131,24 @@ class Denoiser:
         return out
 
     def denoise_pair(self, frame) -> "PairResult":
-        """Denoise both renders of a frame in one batch and average them."""
+        """Denoise both renders of a frame in one batch and average them (a single render: just it)."""
         dev = self.device
-        color = torch.cat([to_chw(frame.color_a, dev), to_chw(frame.color_b, dev)])
+        colors = [to_chw(frame.color_a, dev)]
+        if frame.color_b is not None:
+            colors.append(to_chw(frame.color_b, dev))
+        color = torch.cat(colors)
         albedo, normal = _opt_chw(frame.albedo, dev), _opt_chw(frame.normal, dev)
         n = color.shape[0]
         out = self.denoise_batch(color, _expand(albedo, n), _expand(normal, n),
                                  frame_exposure(self.spec, frame.color_a))
-        return PairResult(out.mean(dim=0, keepdim=True), out[0:1], out[1:2], self.version)
+        return PairResult(out.mean(dim=0, keepdim=True), out[0:1], out[1:2] if n == 2 else None, self.version)
 
 
 @dataclass
 class PairResult:
     denoised: torch.Tensor  # 1 x 3 x H x W, average of the two
     denoised_a: torch.Tensor
-    denoised_b: torch.Tensor
+    denoised_b: torch.Tensor | None  # None for a single-render frame
     version: int  # weight version that produced it
 
 
@@ -215,7 +226,7 @@ def load_checkpoint(path: str | Path, expect: FeatureSpec | None = None) -> Chec
             f"use a checkpoint trained on the same features or drop --checkpoint")
     ckpt = Checkpoint(config, spec, data["state_dict"], data.get("meta", {}))
     try:
-        UNet(config).load_state_dict(ckpt.state_dict)
+        build_model(config, spec.transfer).load_state_dict(ckpt.state_dict)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not match the model config it declares ({str(e)[:160]})") from None
     return ckpt

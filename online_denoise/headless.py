@@ -70,6 +70,11 @@ class Summary:
                 f"est. MSE {self.estimate_mse:.3g}{quality} | wrote {self.out}")
 
 
+def _mean_of(values: list) -> float:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else float("nan")
+
+
 def _stage_means(records: list[dict]) -> dict[str, float]:
     # The first frames compile kernels and fill the ring; they are not the loop's steady state.
     steady = records[min(len(records) - 1, max(1, len(records) // 10)):] if records else []
@@ -120,7 +125,7 @@ def run_headless(session: Session, options: HeadlessOptions, checkpoint_name: st
         frames=len(records), seconds=seconds, interrupted=interrupted, stage_ms=_stage_means(records),
         steps=session.trainer.steps, loss=session.trainer.last_loss,
         skipped_nonfinite=session.trainer.skipped_nonfinite,
-        estimate_mse=statistics.fmean(r["estimate_mse"] for r in records[-10:]) if records else float("nan"),
+        estimate_mse=_mean_of([r["estimate_mse"] for r in records[-10:]]),
         out=str(out),
     )
     if last is not None:

@@ -31,15 +31,42 @@ def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).abs().mean()
 
 
+L0_EPS = 1e-8
+L0_GAMMA_FLOOR = 0.05  # gamma = 0 would make the loss constant and every gradient zero
+
+
+class L0Loss:
+    """Noise2Noise's annealed mode-seeking loss (|f - y| + 1e-8)^gamma, gamma from 2 down to 0.
+
+    Gamma falls linearly over ``anneal_steps`` optimizer steps and then stays at
+    a small floor, since a live run has no last step to reach 0 at.
+    """
+
+    def __init__(self, anneal_steps: int = 2000):
+        self.anneal_steps = max(1, anneal_steps)
+        self.gamma = 2.0
+
+    def set_step(self, step: int) -> None:
+        self.gamma = max(L0_GAMMA_FLOOR, 2.0 * (1.0 - step / self.anneal_steps))
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ((pred - target).abs() + L0_EPS).pow(self.gamma).mean()
+
+
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "hdr": hdr_loss,
     "l2": l2_loss,
     "l1": l1_loss,
 }
+LOSS_NAMES = ("hdr", "l2", "l1", "l0", "nll")  # nll: the blind-spot net's Gaussian likelihood
 
 
-def get_loss(name: str):
+def get_loss(name: str, anneal_steps: int = 2000):
+    if name == "l0":
+        return L0Loss(anneal_steps)
+    if name == "nll":
+        return None  # computed by the blind-spot objective itself
     try:
         return LOSSES[name]
     except KeyError:
-        raise ValueError(f"--loss {name}: expected one of {', '.join(LOSSES)}") from None
+        raise ValueError(f"--loss {name}: expected one of {', '.join(LOSS_NAMES)}") from None

@@ -9,14 +9,15 @@ initialisation. The output is linear HDR.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 LEAKY_SLOPE = 0.1
-OUTPUTS = ("direct", "kpn")
+OUTPUTS = ("direct", "kpn", "posterior", "mean")  # the last two are the blind-spot net's
+ARCHS = ("unet", "blindspot")
 
 
 @dataclass(frozen=True)
@@ -26,15 +27,20 @@ class ModelConfig:
     depth: int = 5  # number of max-pools; inputs are padded to a multiple of 2**depth
     decoder_width: int | None = None  # None: 2 * width, as in the paper
     head: tuple[int, int] | None = None  # None: (64, 32) scaled by width / 48
-    output: str = "direct"  # "direct": the paper's 3 linear channels; "kpn": per-pixel filter kernels
+    output: str = "direct"  # unet: "direct" (the paper's 3 linear channels) or "kpn" (per-pixel kernels);
+    #                         blindspot: "posterior" (Gaussian, trained by likelihood) or "mean" (prior mean only)
     kernel_size: int = 5  # side of the kpn kernel
     scales: int = 1  # kpn: filter at this many scales (full, 1/2, 1/4...) and composite them
+    arch: str = "unet"  # "unet": the paper's network; "blindspot": Laine et al.'s (blindspot.py)
 
     def __post_init__(self):
         if self.width < 1 or self.depth < 1 or self.in_channels < 1:
             raise ValueError(f"invalid model config {self}")
-        if self.output not in OUTPUTS:
-            raise ValueError(f"model output {self.output!r}: expected one of {OUTPUTS}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"model arch {self.arch!r}: expected one of {ARCHS}")
+        allowed = OUTPUTS[:2] if self.arch == "unet" else OUTPUTS[2:]
+        if self.output not in allowed:
+            raise ValueError(f"model output {self.output!r}: a {self.arch} net has one of {allowed}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size {self.kernel_size}: expected an odd positive number")
         if not 1 <= self.scales <= self.depth:
@@ -74,6 +80,15 @@ class ModelConfig:
         if d.get("head") is not None:
             d["head"] = tuple(d["head"])
         return cls(**d)
+
+
+def build_model(config: ModelConfig, transfer: str = "paper") -> nn.Module:
+    """The network a config describes; the transfer matters to the blind-spot net's posterior."""
+    if config.arch == "blindspot":
+        from .blindspot import BlindSpotNet
+
+        return BlindSpotNet(config, transfer)
+    return UNet(config)
 
 
 def _conv(cin: int, cout: int) -> nn.Conv2d:

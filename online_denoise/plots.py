@@ -103,3 +103,24 @@ def _box(err: np.ndarray, size: int) -> np.ndarray:
     y0, y1 = np.clip(ys - r, 0, h), np.clip(ys + r, 0, h)
     x0, x1 = np.clip(xs - r, 0, w), np.clip(xs + r, 0, w)
     return s[y1][:, x1] - s[y0][:, x1] - s[y1][:, x0] + s[y0][:, x0]
+
+
+def comparison_plot(path: Path, reports: list[dict]) -> None:
+    """PSNR and FLIP against seconds, one curve per run (target), OIDN dotted in the same colour."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(reports):
+        c = colors[i % len(colors)]
+        for ax, metric in zip(axes, ("psnr", "flip")):
+            ours, oidn = r["quality"]["ours"], r["quality"]["oidn"]
+            ax.plot([q["seconds"] for q in ours], [q[metric] for q in ours], "o-", color=c, markersize=3,
+                    label=r["label"])
+            ax.plot([q["seconds"] for q in oidn], [q[metric] for q in oidn], ":", color=c, alpha=0.7)
+    for ax, metric in zip(axes, ("psnr", "flip")):
+        ax.set_title(METRIC_LABELS[metric], fontsize=9)
+        ax.set_xlabel("seconds of live training")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, title="solid: ours, dotted: OIDN on the same frames", title_fontsize=7)
+    fig.suptitle(f"{reports[0]['scene']}: training targets compared at equal wall-clock time")
+    fig.tight_layout()
+    _save(fig, path)

@@ -2,7 +2,8 @@
 
 Memory is allocated once: ``RingBuffer.bytes_for(capacity, h, w)``, which is
 capacity x 12 channels x H x W x 4 bytes (colour a and b, albedo, normal) plus
-a few bytes per slot. At 256^2 with 16 slots that is 50 MiB.
+a few bytes per slot. At 256^2 with 16 slots that is 50 MiB. Single-render
+targets store 9 channels a slot; a clean-target run stores 3 more.
 
 The producer never waits for the trainer: a push claims the oldest slot and
 overwrites it. Both sides hold the lock only for O(1) bookkeeping, never while
@@ -24,13 +25,10 @@ import torch
 from .arrays import to_chw
 from .features import finite
 
-CHANNELS_PER_SLOT = 12  # colour a (3) + colour b (3) + albedo (3) + normal (3)
-
-
 @dataclass
 class TrainBatch:
     input: torch.Tensor  # B x 3 x h x w noisy linear colour fed to the network
-    target: torch.Tensor  # B x 3 x h x w the other, independent render of the same pose
+    target: torch.Tensor | None  # B x 3 x h x w: the clean render if stored, else the other render, else None
     albedo: torch.Tensor
     normal: torch.Tensor
     exposure: torch.Tensor  # B x 1 x 1 x 1
@@ -38,14 +36,19 @@ class TrainBatch:
 
 
 class RingBuffer:
-    def __init__(self, capacity: int, height: int, width: int, device: torch.device | str = "cpu", seed: int = 0):
+    def __init__(self, capacity: int, height: int, width: int, device: torch.device | str = "cpu", seed: int = 0,
+                 renders: int = 2, with_target: bool = False):
         if capacity < 1:
             raise ValueError(f"ring capacity must be at least 1, got {capacity}")
+        if renders not in (1, 2):
+            raise ValueError(f"renders per frame must be 1 or 2, got {renders}")
         self.capacity, self.height, self.width = capacity, height, width
+        self.renders, self.with_target = renders, with_target
         self.device = torch.device(device)
         shape = (capacity, 3, height, width)
         self.color_a = torch.zeros(shape, device=self.device)
-        self.color_b = torch.zeros(shape, device=self.device)
+        self.color_b = torch.zeros(shape, device=self.device) if renders == 2 else None
+        self.target = torch.zeros(shape, device=self.device) if with_target else None
         self.albedo = torch.zeros(shape, device=self.device)
         self.normal = torch.zeros(shape, device=self.device)
         self.exposure = [1.0] * capacity
@@ -57,12 +60,18 @@ class RingBuffer:
         self.nonfinite_pixels = 0  # pixel values replaced by 0 on the way in, over the whole session
 
     @staticmethod
-    def bytes_for(capacity: int, height: int, width: int) -> int:
-        return capacity * CHANNELS_PER_SLOT * height * width * 4
+    def bytes_for(capacity: int, height: int, width: int, renders: int = 2, with_target: bool = False) -> int:
+        channels = 3 * renders + 6 + (3 if with_target else 0)
+        return capacity * channels * height * width * 4
+
+    def _buffers(self) -> list[tuple[str, torch.Tensor]]:
+        named = [("color_a", self.color_a), ("color_b", self.color_b), ("target", self.target),
+                 ("albedo", self.albedo), ("normal", self.normal)]
+        return [(n, t) for n, t in named if t is not None]
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.color_a, self.color_b, self.albedo, self.normal))
+        return sum(t.numel() * t.element_size() for _, t in self._buffers())
 
     @property
     def pushed(self) -> int:
@@ -83,8 +92,10 @@ class RingBuffer:
             self._seq[slot] = -1
             self._gen[slot] += 1
         bad = 0
-        for dst, src in ((self.color_a, frame.color_a), (self.color_b, frame.color_b),
-                         (self.albedo, frame.albedo), (self.normal, frame.normal)):
+        for name, dst in self._buffers():
+            src = getattr(frame, name, None)
+            if src is None:
+                raise ValueError(f"this ring stores {name}, but the frame has none")
             x = to_chw(src, self.device)[0]
             bad += int((~torch.isfinite(x)).sum())
             dst[slot].copy_(finite(x))
@@ -97,7 +108,9 @@ class RingBuffer:
     def sample(self, batch: int, crop: int, max_tries: int = 8) -> TrainBatch | None:
         """Random crops from random stored frames, each in a random direction (a->b or b->a).
 
-        Returns None while the ring is empty.
+        With a stored clean render the target is that render; with one render a
+        frame there is no target (the objective makes its own). Returns None while
+        the ring is empty.
         """
         ch, cw = min(crop, self.height), min(crop, self.width)
         rng = self._rng
@@ -117,7 +130,8 @@ class RingBuffer:
                 break
         if len(crops) < batch:
             raise RuntimeError(f"ring buffer: could not copy {batch} untorn crops in {max_tries} tries")
-        inputs, targets, albedos, normals = (torch.stack([c[i] for c in crops]) for i in range(4))
+        inputs, albedos, normals = (torch.stack([c[i] for c in crops]) for i in (0, 2, 3))
+        targets = None if crops[0][1] is None else torch.stack([c[1] for c in crops])
         exposure = torch.tensor([c[7] for c in crops], device=self.device).view(-1, 1, 1, 1)
         return TrainBatch(inputs, targets, albedos, normals, exposure, [c[6] for c in crops])
 
@@ -125,7 +139,10 @@ class RingBuffer:
         rng = self._rng
         y, x = rng.randint(0, self.height - ch), rng.randint(0, self.width - cw)
         win = (slot, slice(None), slice(y, y + ch), slice(x, x + cw))
-        a, b = self.color_a[win], self.color_b[win]
-        if rng.random() < 0.5:
+        a = self.color_a[win]
+        b = self.color_b[win] if self.color_b is not None else None
+        if b is not None and rng.random() < 0.5:
             a, b = b, a
-        return a.clone(), b.clone(), self.albedo[win].clone(), self.normal[win].clone()
+        target = self.target[win] if self.target is not None else b
+        return (a.clone(), None if target is None else target.clone(), self.albedo[win].clone(),
+                self.normal[win].clone())

@@ -21,7 +21,7 @@ from .arrays import to_chw
 from .denoiser import Checkpoint, Denoiser, PairResult, frame_exposure, save_checkpoint
 from .features import FeatureSpec
 from .metrics import error_estimate
-from .model import ModelConfig, UNet
+from .model import ModelConfig, build_model
 from .precision import Precision
 from .ring import RingBuffer
 from .trainer import TrainConfig, Trainer
@@ -61,8 +61,8 @@ class FrameResult:
             "loss": None if self.loss != self.loss else round(self.loss, 6),
             "steps": self.steps,
             "weight_version": self.result.version,
-            "estimate_mse": self.estimate["mse"],
-            "noisy_mse_estimate": self.estimate["noisy_mse"],
+            "estimate_mse": self.estimate.get("mse"),
+            "noisy_mse_estimate": self.estimate.get("noisy_mse"),
             "skipped_nonfinite": self.skipped_nonfinite,
         }
 
@@ -75,11 +75,13 @@ class Session:
         self.device = device
         model_config = checkpoint.model_config if checkpoint is not None else config.model
         self.model_config = model_config
-        model = UNet(model_config)
+        model = build_model(model_config, config.features.transfer)
         if checkpoint is not None:
             model.load_state_dict(checkpoint.state_dict)
         h, w = renderer.shape
-        self.ring = RingBuffer(config.ring_capacity, h, w, device)
+        rc = renderer.config
+        self.ring = RingBuffer(config.ring_capacity, h, w, device, renders=rc.renders,
+                               with_target=rc.target_spp is not None)
         self.trainer = Trainer(model, config.features, self.ring, config.train, device, config.precision)
         self.denoiser = Denoiser(model_config, config.features, device, config.precision)
         self._load_latest()
@@ -110,8 +112,10 @@ class Session:
         result = self.denoiser.denoise_pair(frame)
         self._sync()
         t1 = time.perf_counter()
-        a, b = to_chw(frame.color_a, self.device), to_chw(frame.color_b, self.device)
-        estimate = error_estimate(result.denoised_a, result.denoised_b, a, b)
+        estimate = {}
+        if frame.color_b is not None:  # the estimate needs two independent renders
+            a, b = to_chw(frame.color_a, self.device), to_chw(frame.color_b, self.device)
+            estimate = error_estimate(result.denoised_a, result.denoised_b, a, b)
         self.ring.push(frame, frame_exposure(self.config.features, frame.color_a))
         self.trainer.notify_frame()
         end = time.perf_counter()

@@ -19,7 +19,7 @@ import torch
 
 from .denoiser import save_checkpoint
 from .features import FeatureSpec
-from .model import ModelConfig, UNet
+from .model import ModelConfig, build_model
 from .precision import Precision
 from .progress import Progress
 from .ring import RingBuffer
@@ -55,7 +55,7 @@ def train_offline(renderers: list, model_config: ModelConfig, spec: FeatureSpec,
     h, w = renderers[0].shape
     ring = RingBuffer(len(renderers) * options.frames_per_scene, h, w, device, seed=1)
     render_dataset(renderers, options.frames_per_scene, ring, options.spp_mix)
-    model = UNet(model_config)
+    model = build_model(model_config, spec.transfer)
     if init_state is not None:
         model.load_state_dict(init_state)
     trainer = Trainer(model, spec, ring, train, device, precision)

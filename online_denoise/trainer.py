@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .denoiser import run_network
 from .features import FeatureSpec
 from .loss import get_loss
 from .precision import Precision
 from .ring import RingBuffer
+from .targets import make_objective
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,18 @@ class TrainConfig:
     loss: str = "hdr"
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
     ema: float | None = None  # publish an exponential moving average of the weights with this decay
+    target: str = "n2n"  # what the network learns from (targets.py)
+    gr2r_gamma: float = 1.0  # weight of GR2R's regular and pseudo-supervised terms
+    anneal_steps: int = 2000  # the l0 loss's gamma reaches its floor after this many steps
 
     def __post_init__(self):
+        from .targets import TARGETS
+
         get_loss(self.loss)
+        if self.target not in TARGETS:
+            raise ValueError(f"--target {self.target}: expected one of {', '.join(TARGETS)}")
+        if self.loss == "nll" and self.target != "blindspot":
+            raise ValueError("--loss nll is the blind-spot net's likelihood; use it with --target blindspot")
         if self.batch < 1 or self.crop < 1 or self.steps_per_frame < 0:
             raise ValueError(f"invalid training config {self}")
 
@@ -68,7 +77,8 @@ class Trainer:
         self.ring = ring
         self.config = config
         self.device = torch.device(device)
-        self.loss_fn = get_loss(config.loss)
+        self.loss_fn = get_loss(config.loss, config.anneal_steps)
+        self.objective = make_objective(config.target, config.gr2r_gamma)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps)
         # fp16 gradients underflow without loss scaling; the scaler also skips steps with inf/NaN gradients.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision.needs_loss_scaling)
@@ -175,9 +185,9 @@ class Trainer:
         batch = self.ring.sample(self.config.batch, self.config.crop)
         if batch is None:
             return False
-        pred = run_network(self.model, self.spec, batch.input, batch.albedo, batch.normal, batch.exposure,
-                           self.precision)
-        loss = self.loss_fn(pred, batch.target)
+        if hasattr(self.loss_fn, "set_step"):
+            self.loss_fn.set_step(self.steps)
+        loss = self.objective.loss(self, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)

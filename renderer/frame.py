@@ -10,22 +10,26 @@ from .camera import Pose
 
 @dataclass
 class Frame:
-    """Two independent renders of one pose, plus the auxiliary buffers.
+    """Independent renders of one pose, plus the auxiliary buffers.
 
     The arrays are H x W x 3 float32: numpy arrays on the CPU variants, drjit
     CUDA tensors (which speak DLPack, so torch takes them without a copy) on
-    ``cuda_ad_rgb``. Colours are linear HDR and unclamped.
+    ``cuda_ad_rgb``. Colours are linear HDR and unclamped. ``color_b`` is None
+    when the frame is a single render, and ``target`` is a high-spp render for
+    clean-target training, when asked for.
     """
 
     color_a: Any
-    color_b: Any
+    color_b: Any | None
     albedo: Any
     normal: Any
     pose: Pose
     index: int
-    seeds: tuple[int, int, int]  # color_a, color_b, auxiliary pass
+    seeds: dict[str, int]  # the seed of each pass: color_a, color_b, aux, target
     spp: int
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds
+    target: Any | None = None
+    target_spp: int = 0
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -46,12 +46,18 @@ class RenderConfig:
     path: str | None = None  # camera path JSON; None: the scene's path.json, else an orbit
     arrays: str = "auto"  # "numpy", or "dlpack" (drjit tensors for zero-copy torch); auto: dlpack on CUDA
     threads: int | None = None  # drjit's CPU worker threads (LLVM variant); None: one per core
+    renders: int = 2  # colour renders per frame: 2 (a pair, for Noise2Noise) or 1
+    target_spp: int | None = None  # also render a clean target at this spp (clean-target training)
 
     def __post_init__(self):
         if self.width < 1 or self.height < 1:
             raise RendererError(f"--res {self.width}x{self.height}: width and height must be positive")
         if self.spp < 1 or (self.aux_spp is not None and self.aux_spp < 1):
             raise RendererError(f"--spp {self.spp}: expected a positive sample count")
+        if self.renders not in (1, 2):
+            raise RendererError(f"renders per frame: expected 1 or 2, got {self.renders}")
+        if self.target_spp is not None and self.target_spp < 1:
+            raise RendererError(f"--target-spp {self.target_spp}: expected a positive sample count")
         if self.arrays not in ("auto", "numpy", "dlpack"):
             raise RendererError(f"arrays {self.arrays!r}: expected auto, numpy or dlpack")
         if not 0 <= self.seed < SESSION_BLOCKS:
@@ -168,35 +174,61 @@ class Renderer:
 
     def render_color(self, pose: Pose, spp: int):
         """One colour render; high sample counts are split into passes and averaged."""
-        passes = math.ceil(spp / MAX_SPP_PER_PASS)
-        total = None
-        for i in range(passes):
-            n = min(MAX_SPP_PER_PASS, spp - i * MAX_SPP_PER_PASS)
-            image = self.render_pass(pose, n, self.take_seed()) * (n / spp)
-            total = image if total is None else total + image
-        return total
+        if pose is not self.pose:
+            self.set_pose(pose)
+        return self._render_passes(self.take_seed(), spp)
 
     def render_pair(self, pose: Pose, index: int = 0, spp: int | None = None) -> Frame:
-        """Both renders and the aux pass; ``spp`` overrides the configured count for this frame."""
+        """The frame's colour renders (two, or one), the aux pass and, if configured, a clean target.
+
+        ``spp`` overrides the configured count for this frame. Every pass takes
+        the session's next seed, so no two passes share one.
+        """
         if pose is not self.pose:
             self.set_pose(pose)
         spp = spp or self.config.spp
         aux_spp = self.config.aux_spp or spp
-        seeds = (self.take_seed(), self.take_seed(), self.take_seed())
-        t0 = time.perf_counter()
-        color_a = self._pass(self._color_integrator, seeds[0], spp)[:, :, 0:3]
-        t1 = time.perf_counter()
-        color_b = self._pass(self._color_integrator, seeds[1], spp)[:, :, 0:3]
-        t2 = time.perf_counter()
-        aux = self._pass(self._aux_integrator, seeds[2], aux_spp)
-        t3 = time.perf_counter()
+        ms = 1000.0
+        timings: dict[str, float] = {}
+        seeds: dict[str, int] = {}
+        t_start = time.perf_counter()
+
+        def timed(name: str, integrator, n: int):
+            seeds[name] = self.take_seed()
+            t0 = time.perf_counter()
+            image = self._pass(integrator, seeds[name], n)
+            timings[f"render_{name}"] = (time.perf_counter() - t0) * ms
+            return image
+
+        color_a = timed("a", self._color_integrator, spp)[:, :, 0:3]
+        color_b = timed("b", self._color_integrator, spp)[:, :, 0:3] if self.config.renders == 2 else None
+        aux = timed("aux", self._aux_integrator, aux_spp)
+        target = None
+        if self.config.target_spp:
+            seeds["target"] = self.take_seed()
+            t0 = time.perf_counter()
+            target = self._render_passes(seeds["target"], self.config.target_spp)
+            timings["render_target"] = (time.perf_counter() - t0) * ms
+        timings["render"] = (time.perf_counter() - t_start) * ms
         # The albedo AOV is unbounded on rough conductors (60 was seen) and 0 on glass.
         albedo = self._clip(aux[:, :, 0:3], 0.0, 1.0)
         normal = aux[:, :, 3:6]
-        ms = 1000.0
-        timings = {"render": (t3 - t0) * ms, "render_a": (t1 - t0) * ms, "render_b": (t2 - t1) * ms,
-                   "render_aux": (t3 - t2) * ms}
-        return Frame(color_a, color_b, albedo, normal, pose, index, seeds, spp, timings)
+        return Frame(color_a, color_b, albedo, normal, pose, index, seeds, spp, timings, target,
+                     self.config.target_spp or 0)
+
+    def _render_passes(self, first_seed: int, spp: int):
+        """A colour render of any spp, as passes of at most MAX_SPP_PER_PASS with consecutive seeds.
+
+        The seeds after ``first_seed`` are taken from the session too, so none is reused.
+        """
+        passes = math.ceil(spp / MAX_SPP_PER_PASS)
+        total = None
+        for i in range(passes):
+            n = min(MAX_SPP_PER_PASS, spp - i * MAX_SPP_PER_PASS)
+            seed = first_seed if i == 0 else self.take_seed()
+            image = self._pass(self._color_integrator, seed, n)[:, :, 0:3] * (n / spp)
+            total = image if total is None else total + image
+        return total
 
     def _clip(self, x, lo: float, hi: float):
         return np.clip(x, lo, hi) if isinstance(x, np.ndarray) else self._dr.clip(x, lo, hi)

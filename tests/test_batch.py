@@ -1,7 +1,6 @@
 """Offline batch denoising: layer conventions, output fidelity, failures, and never touching inputs."""
 
 import hashlib
-import json
 
 import numpy as np
 import OpenEXR
@@ -9,7 +8,7 @@ import pytest
 import torch
 
 from online_denoise.batch import expand_inputs, normal_range, normal_space
-from online_denoise.denoiser import Denoiser, save_checkpoint
+from online_denoise.denoiser import save_checkpoint
 from online_denoise.errors import UserError
 from online_denoise.exr import read_exr, write_channels
 from online_denoise.features import FeatureSpec

@@ -100,3 +100,19 @@ def test_reference_command_renders_then_reuses(cli, tmp_path):
     assert "3 references at 64 spp" in first.stdout and "0 cached, 3 rendered" in first.stdout
     second = cli(*args)
     assert "3 cached, 0 rendered" in second.stdout
+
+
+def test_targets_and_scenes_are_compared_side_by_side(cli, tmp_path):
+    proc = cli("bench", "--res", "32", "--frames", "8", "--every", "4", "--reference-spp", "16", "--static-frames", "0",
+               "--target", "n2n,gr2r", "--scene", "cornell-box", "--cache-dir", tmp_path / "c", "--out", tmp_path / "o")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "o" / "comparison.json").read_text())["rows"]
+    assert [(r["scene"], r["target"]) for r in rows] == [("cornell-box", "n2n"), ("cornell-box", "gr2r")]
+    for r in rows:
+        assert finite_numbers({k: v for k, v in r.items() if k not in ("scene", "target")})
+    assert (tmp_path / "o" / "comparison_cornell-box.png").stat().st_size > 0
+    for t in ("n2n", "gr2r"):
+        assert (tmp_path / "o" / "cornell-box" / t / "report.json").is_file()
+    gr2r = json.loads((tmp_path / "o" / "cornell-box" / "gr2r" / "report.json").read_text())
+    assert gr2r["config"]["renders"] == 1 and gr2r["config"]["spp"] == 2 * json.loads(
+        (tmp_path / "o" / "cornell-box" / "n2n" / "report.json").read_text())["config"]["spp"]

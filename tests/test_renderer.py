@@ -25,7 +25,7 @@ def test_render_pair_shapes_types_and_timing(tiny_renderer):
 def test_seeds_are_distinct_and_never_reused(tiny_renderer):
     seen = []
     for i in range(5):
-        seen += tiny_renderer.render_pair(tiny_renderer.initial_pose, i).seeds
+        seen += list(tiny_renderer.render_pair(tiny_renderer.initial_pose, i).seeds.values())
     assert len(set(seen)) == len(seen)
 
 

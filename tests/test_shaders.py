@@ -8,7 +8,7 @@ import pytest
 
 from online_denoise.color import srgb_encode, tonemap
 from online_denoise.viewer.display import BUFFERS, VIEW_MODES, Display, ViewState
-from online_denoise.viewer.shaders import SHADERS_DIR, ShaderError, load_program, programs, stage_source
+from online_denoise.viewer.shaders import ShaderError, load_program, programs, stage_source
 
 
 @pytest.fixture(scope="module")

@@ -127,6 +127,7 @@ class Viewer:
         self.hud_ms: list[float] = []
         self.dragging_divider = False
         self._shots = 0
+        self._shot_requested = False
         self._message_until = 0.0
         self._fps_clock: list[float] = []
         self._denoised_clock: list[float] = []
@@ -160,7 +161,7 @@ class Viewer:
             elif key == glfw.KEY_R:
                 self._toggle_recording()
             elif key == glfw.KEY_F12:
-                self.screenshot()
+                self._shot_requested = True  # taken after this frame is drawn, so it shows this view
 
     def _toggle_recording(self) -> None:
         if not self.controller.recording:
@@ -187,19 +188,19 @@ class Viewer:
         x0, _, w, _ = self.display.image_rect(self.window.size)
         return x0 + self.view.divider * w
 
-    def _handle_mouse(self, drag, clicked) -> tuple[float, float]:
+    def _handle_mouse(self, events) -> tuple[float, float]:
         """Returns the look delta in pixels; a drag that starts on the split divider moves it instead."""
         split = VIEW_MODES[self.view.mode] == "split"
-        if clicked is not None:
-            self.dragging_divider = split and abs(clicked[0] - self._divider_x()) <= DIVIDER_GRAB_PX
-        if not self.window.buttons_held:
+        if events.clicked is not None:
+            self.dragging_divider = split and abs(events.clicked[0] - self._divider_x()) <= DIVIDER_GRAB_PX
+        if not self.dragging_divider:
+            return events.drag
+        x0, _, w, _ = self.display.image_rect(self.window.size)
+        if w > 0:  # the cursor's last position, even when the release came in the same poll
+            self.view.divider = float(np.clip((self.window.cursor[0] - x0) / w, 0.0, 1.0))
+        if events.released or not self.window.buttons_held:
             self.dragging_divider = False
-        if self.dragging_divider:
-            x0, _, w, _ = self.display.image_rect(self.window.size)
-            if w > 0:
-                self.view.divider = float(np.clip((self.window.cursor[0] - x0) / w, 0.0, 1.0))
-            return 0.0, 0.0
-        return drag
+        return 0.0, 0.0
 
     # -- output ---------------------------------------------------------------------
 
@@ -250,7 +251,7 @@ class Viewer:
         s.frames, s.steps = new.seq, new.steps
         if new.loss == new.loss:
             s.losses = (s.losses + [new.loss])[-200:]
-        s.estimate_mse, s.noisy_mse = new.estimate["mse"], new.estimate["noisy_mse"]
+        s.estimate_mse, s.noisy_mse = new.estimate.get("mse"), new.estimate.get("noisy_mse")
         self._denoised_clock = [t for t in self._denoised_clock if now - t < 5.0] + [now]
         span = now - self._denoised_clock[0]
         s.denoised_fps = (len(self._denoised_clock) - 1) / span if span > 0 else 0.0
@@ -271,15 +272,18 @@ class Viewer:
             self.window.poll()
             now = time.perf_counter()
             dt, last = now - last, now
-            pressed, drag, scroll, clicked = self.window.take_input()
-            self._handle_keys(pressed)
-            look = self._handle_mouse(drag, clicked)
-            if scroll:
-                self.controller.scroll(scroll)
+            events = self.window.take_input()
+            self._handle_keys(events.pressed)
+            look = self._handle_mouse(events)
+            if events.scroll:
+                self.controller.scroll(events.scroll)
             self.controller.update(dt, self._movement(), look)
             self._take_new_frame(now)
             self._update_stats(now)
             self.draw()
+            if self._shot_requested:
+                self._shot_requested = False
+                self.screenshot()
             done = target is not None and self.shown is not None and self.shown.seq >= target
             if done:
                 break

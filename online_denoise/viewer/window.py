@@ -8,6 +8,8 @@ ImGui window goes to ImGui only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import glfw  # before imgui_bundle, so that both use this GLFW library
 
 # imgui-bundle's GLFW backend draws with PyOpenGL; moderngl shares the same context.
@@ -18,6 +20,16 @@ import moderngl
 
 class WindowError(RuntimeError):
     pass
+
+
+@dataclass
+class Input:
+    """What happened since the last ``take_input()``; several events can land in one poll."""
+    pressed: list[tuple[int, int]]  # (key, mods), in order
+    drag: tuple[float, float]  # cursor travel, in pixels, while a button was held
+    scroll: float
+    clicked: tuple[float, float] | None  # where the left button went down
+    released: bool  # the left button came up
 
 
 class Window:
@@ -47,6 +59,7 @@ class Window:
         self.drag = [0.0, 0.0]
         self.scroll = 0.0
         self.clicked: tuple[float, float] | None = None  # where the left button went down, if this frame
+        self.released = False
         glfw.set_key_callback(self.handle, self._on_key)
         glfw.set_char_callback(self.handle, self.imgui.char_callback)
         glfw.set_mouse_button_callback(self.handle, self._on_button)
@@ -77,6 +90,8 @@ class Window:
                 self.clicked = self.cursor
         elif action == glfw.RELEASE:
             self.buttons_held.discard(button)
+            if button == glfw.MOUSE_BUTTON_LEFT:
+                self.released = True
 
     def _on_cursor(self, window, x, y) -> None:
         self.imgui.mouse_callback(window, x, y)
@@ -95,13 +110,10 @@ class Window:
     def poll(self) -> None:
         glfw.poll_events()
 
-    def take_input(self) -> tuple[list[tuple[int, int]], tuple[float, float], float, tuple[float, float] | None]:
-        """Key presses, mouse drag (pixels), scroll steps and a left click since the last call."""
-        pressed, self.keys_pressed = self.keys_pressed, []
-        drag, self.drag = (self.drag[0], self.drag[1]), [0.0, 0.0]
-        scroll, self.scroll = self.scroll, 0.0
-        clicked, self.clicked = self.clicked, None
-        return pressed, drag, scroll, clicked
+    def take_input(self) -> Input:
+        taken = Input(self.keys_pressed, (self.drag[0], self.drag[1]), self.scroll, self.clicked, self.released)
+        self.keys_pressed, self.drag, self.scroll, self.clicked, self.released = [], [0.0, 0.0], 0.0, None, False
+        return taken
 
     def held(self, key: int) -> bool:
         return key in self.keys_held
