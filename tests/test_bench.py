@@ -91,6 +91,9 @@ def test_seconds_stops_the_loop(cli, tmp_path):
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert 1 <= report["frames"] < 100000 and report["loop_seconds"] < 20
     assert report["config"]["seconds"] == 3
+    # judged at frame 0 and where the budget stopped the loop
+    assert report["final"]["ours"]["frame"] == report["frames"] - 1 > 0
+    assert report["final"]["ours"]["seconds"] <= report["loop_seconds"]
 
 
 def test_reference_command_renders_then_reuses(cli, tmp_path):
