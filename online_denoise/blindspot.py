@@ -118,9 +118,12 @@ class BlindSpotNet(nn.Module):
                 h = F.leaky_relu(h, LEAKY_SLOPE)
         h = h.float()
         mean = h[:, 0:3]
-        diag = F.softplus(h[:, 3:6]) + MIN_VARIANCE ** 0.5
-        off = h[:, 6:9]
-        noise_var = F.softplus(h[:, 9:12]) + MIN_VARIANCE
+        # Colours live in [0, 1] after the transfer, so no (co)variance can exceed 1: bounding the
+        # Cholesky factor keeps S_p + S_n well conditioned (unbounded, it grew until the
+        # factorisation failed in float32 after ~2 minutes of live training).
+        diag = F.softplus(h[:, 3:6]).clamp(max=1.0) + MIN_VARIANCE ** 0.5
+        off = torch.tanh(h[:, 6:9])
+        noise_var = F.softplus(h[:, 9:12]).clamp(max=1.0) + MIN_VARIANCE
         n, _, hh, ww = h.shape
         chol = torch.zeros(n, hh, ww, 3, 3, device=h.device)
         chol[..., 0, 0], chol[..., 1, 1], chol[..., 2, 2] = (diag[:, i] for i in range(3))
@@ -150,10 +153,14 @@ def posterior_mean(g: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
 
 def gaussian_nll(g: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood of the noisy observation y under N(mu, S_p + S_n) (constants dropped)."""
-    total = g["prior_cov"] + torch.diag_embed(g["noise_var"].permute(0, 2, 3, 1))
-    chol = torch.linalg.cholesky(total)
-    r = _pixels_last(y - g["mean"])
+    # float64 for the 3x3 algebra; a factorisation that still fails makes the loss non-finite, and
+    # the trainer skips (and counts) that step instead of dying.
+    total = (g["prior_cov"] + torch.diag_embed(g["noise_var"].permute(0, 2, 3, 1))).double()
+    chol, info = torch.linalg.cholesky_ex(total)
+    if bool((info != 0).any()):
+        return torch.full((), float("nan"), device=y.device, requires_grad=True)
+    r = _pixels_last(y.double() - g["mean"].double())
     z = torch.linalg.solve_triangular(chol, r, upper=False)
     mahalanobis = (z ** 2).sum(dim=(-2, -1))
     logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-    return 0.5 * (mahalanobis + logdet).mean()
+    return 0.5 * (mahalanobis + logdet).mean().float()

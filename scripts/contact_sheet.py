@@ -44,8 +44,9 @@ def main() -> int:
             return code
         summary = json.loads((out / "run.json").read_text())["summary"]
         strip = np.asarray(Image.open(out / "strip.png").convert("RGB"))
-        rows.append(label(strip, f"{name}: noisy 4 spp {summary['psnr_noisy']:.2f} dB | live denoiser after "
-                                 f"{summary['frames']} frames {summary['psnr_denoised']:.2f} dB | 1024 spp"))
+        spp = json.loads((out / "run.json").read_text())["config"]["spp"]
+        rows.append(label(strip, f"{name}: noisy (pair of {spp} spp) {summary['psnr_noisy']:.2f} dB | live denoiser "
+                                 f"after {summary['frames']} frames {summary['psnr_denoised']:.2f} dB | 1024 spp"))
     sheet = np.concatenate(rows, axis=0)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(sheet).save(a.out)

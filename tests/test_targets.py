@@ -41,6 +41,20 @@ def test_blind_spot_posterior_and_likelihood():
     assert gaussian_nll(g, y).item() == pytest.approx(0.5 * (6 + 3 * np.log(2)), rel=1e-5)
 
 
+def test_blind_spot_covariance_stays_bounded_and_a_failed_factorisation_skips():
+    torch.manual_seed(0)
+    net = BlindSpotNet(ModelConfig(in_channels=9, width=8, depth=3, arch="blindspot", output="posterior"))
+    with torch.no_grad():  # drive the head to extreme outputs, as a diverging run would
+        for p in net.combine[-1].parameters():
+            p.mul_(1e4)
+    g = net.gaussian(torch.rand(1, 9, 16, 16))
+    assert g["prior_cov"].abs().max() < 3.1 and g["noise_var"].max() <= 1.0 + 1e-3
+    assert torch.isfinite(gaussian_nll(g, torch.rand(1, 3, 16, 16)))
+    bad = {"mean": torch.zeros(1, 3, 1, 1), "prior_cov": -torch.eye(3).expand(1, 1, 1, 3, 3).clone(),
+           "noise_var": torch.full((1, 3, 1, 1), 1e-4)}
+    assert not torch.isfinite(gaussian_nll(bad, torch.zeros(1, 3, 1, 1)))  # NaN, not an exception
+
+
 def test_gr2r_noise_has_zero_mean():
     torch.manual_seed(0)
     y = torch.rand(1, 3, 64, 64) * 4
