@@ -33,13 +33,14 @@ def main() -> int:
     p.add_argument("--runs", default="runs/contact-sheet")
     p.add_argument("--out", default="docs/scenes.png")
     p.add_argument("--preset", default="cpu")
+    p.add_argument("--spp", type=int, default=4, help="spp of each render of a pair")
     a = p.parse_args()
     names = a.scenes or [s.name for s in list_scenes()]
     rows = []
     for name in names:
         out = Path(a.runs) / name
         code = cli_main(["fly", "--headless", "--scene", name, "--frames", str(a.frames), "--out", str(out),
-                         "--save-every", "0", "--reference-spp", "1024", "--preset", a.preset])
+                         "--save-every", "0", "--reference-spp", "1024", "--preset", a.preset, "--spp", str(a.spp)])
         if code != 0:
             return code
         summary = json.loads((out / "run.json").read_text())["summary"]
