@@ -36,6 +36,7 @@ from torch import nn
 from .color import get_transfer
 
 LEAKY_SLOPE = 0.1
+MAX_RADIANCE = 1e4  # cap on the linear output
 MIN_VARIANCE = 1e-4  # floor on predicted variances, in the [0, 1] tonemapped domain
 
 
@@ -136,7 +137,9 @@ class BlindSpotNet(nn.Module):
         or the prior mean alone when the net was trained without the likelihood."""
         g = self.gaussian(x)
         estimate = g["mean"] if self.config.output == "mean" else posterior_mean(g, x[:, :3].float())
-        return get_transfer(self.transfer).inverse(estimate.clamp(0.0, 1.0))
+        # A tonemapped estimate at 1.0 maps back to infinite radiance: cap it far above any real pixel.
+        linear = get_transfer(self.transfer).inverse(estimate.clamp(0.0, 1.0))
+        return torch.nan_to_num(linear, nan=0.0, posinf=MAX_RADIANCE).clamp(0.0, MAX_RADIANCE)
 
 
 def _pixels_last(t: torch.Tensor) -> torch.Tensor:
