@@ -111,6 +111,12 @@ class _WindowUpload:
         self.window.close()
 
 
+def _judged(i: int, elapsed: float, result) -> Judged:
+    frame = result.frame
+    return Judged(i, elapsed, result.steps, pair_average(frame), to_hwc_numpy(result.denoised),
+                  to_numpy(frame.albedo), to_numpy(frame.normal), frame)
+
+
 def run_bench(session: Session, options: BenchOptions) -> dict:
     renderer = session.renderer
     out = options.out
@@ -129,15 +135,14 @@ def run_bench(session: Session, options: BenchOptions) -> dict:
                 ms["upload"] = upload(result)
             elapsed = time.perf_counter() - start
             records.append({"frame": i, "seconds": elapsed, "steps": result.steps, "loss": result.loss, "ms": ms})
-            latest = Judged(i, elapsed, result.steps, pair_average(result.frame), to_hwc_numpy(result.denoised),
-                            to_numpy(result.frame.albedo), to_numpy(result.frame.normal), result.frame)
             if i in marks:
-                judged.append(latest)
+                judged.append(_judged(i, elapsed, result))
+            last = (i, elapsed, result)
         loop_seconds = time.perf_counter() - start
         # A --seconds run ends at a frame nobody could mark in advance: judge where it stopped too,
         # so that "quality after S seconds" is measured at S and not at the last mark before it.
-        if records and (not judged or judged[-1].frame != records[-1]["frame"]):
-            judged.append(latest)
+        if records and (not judged or judged[-1].frame != last[0]):
+            judged.append(_judged(*last))
         static = []
         for _ in range(options.static_frames if options.static_frames > 1 else 0):
             result = session.step(static_pose)

@@ -43,9 +43,9 @@ def main() -> int:
                          "--save-every", "0", "--reference-spp", "1024", "--preset", a.preset, "--spp", str(a.spp)])
         if code != 0:
             return code
-        summary = json.loads((out / "run.json").read_text())["summary"]
+        run = json.loads((out / "run.json").read_text())
+        summary, spp = run["summary"], run["config"]["spp"]
         strip = np.asarray(Image.open(out / "strip.png").convert("RGB"))
-        spp = json.loads((out / "run.json").read_text())["config"]["spp"]
         rows.append(label(strip, f"{name}: noisy (pair of {spp} spp) {summary['psnr_noisy']:.2f} dB | live denoiser "
                                  f"after {summary['frames']} frames {summary['psnr_denoised']:.2f} dB | 1024 spp"))
     sheet = np.concatenate(rows, axis=0)
