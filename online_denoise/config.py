@@ -34,10 +34,11 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("cpu", "2-core CPU: width-16 U-Net, 3-scale 5x5 kernel-predicting head, 1 step of 8 crops per frame, "
+    Preset("cpu", "2-core CPU: width-16 U-Net, 3-scale 5x5 kernel-predicting head, 1 step of 8 crops per frame "
+                  "taken inline, "
                   "2 spp per render, starting from the shipped prior",
            ModelConfig(width=16, depth=5, output="kpn", kernel_size=5, scales=3),
-           TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1), spp=2, prior="cpu.pt"),
+           TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1, schedule="inline"), spp=2, prior="cpu.pt"),
     Preset("gpu", "CUDA: the paper's width-48 U-Net with the 3-scale kernel-predicting head, 8 steps per frame",
            ModelConfig(width=48, depth=5, output="kpn", kernel_size=5, scales=3),
            TrainConfig(lr=1e-3, batch=8, crop=128, steps_per_frame=8), spp=8),
@@ -111,6 +112,8 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps-per-frame", type=int, default=None, help="training steps per new frame (default: preset)")
     g.add_argument("--train-budget-ms", type=float, default=None,
                    help="instead of a step count, train for this many ms per frame")
+    g.add_argument("--train-schedule", choices=["thread", "inline"], default=None,
+                   help="thread: train beside the render loop; inline: in it, after each frame (default: preset)")
     g.add_argument("--crop", type=int, default=None, help="training crop side (default: preset)")
     g.add_argument("--batch", type=int, default=None, help="crops per training step (default: preset)")
     g.add_argument("--ring", type=int, default=16, help="frames kept in the replay ring (default 16)")
@@ -162,7 +165,7 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
                             output="posterior" if loss == "nll" else "mean")
     overrides = {k: v for k, v in {
         "loss": loss, "lr": args.lr, "steps_per_frame": args.steps_per_frame,
-        "budget_ms": args.train_budget_ms, "crop": args.crop, "batch": args.batch, "target": target,
+        "budget_ms": args.train_budget_ms, "schedule": getattr(args, "train_schedule", None), "crop": args.crop, "batch": args.batch, "target": target,
         "gr2r_gamma": getattr(args, "gr2r_gamma", None), "anneal_steps": getattr(args, "anneal_steps", None),
     }.items() if v is not None}
     try:

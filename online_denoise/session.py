@@ -1,8 +1,9 @@
 """The live loop: render a pair, denoise it with the latest weights, feed the ring, let the trainer learn.
 
 One ``Session.step(pose)`` is one frame. The trainer runs in its own thread,
-so on the CPU its steps overlap the next frame's render; the stage times are
-wall-clock milliseconds of each stage, and ``frame`` is the whole iteration.
+so its steps overlap the next frame's render, or inline after the push (the
+CPU preset: on 2 cores the overlap only oversubscribes them). The stage times
+are wall-clock milliseconds of each stage, and ``frame`` is the whole iteration.
 
 Order matters for the error estimate: a frame is denoised *before* it is
 pushed, so the weights that denoise it have never trained on it, and its two
@@ -117,7 +118,10 @@ class Session:
             a, b = to_chw(frame.color_a, self.device), to_chw(frame.color_b, self.device)
             estimate = error_estimate(result.denoised_a, result.denoised_b, a, b)
         self.ring.push(frame, frame_exposure(self.config.features, frame.color_a))
-        self.trainer.notify_frame()
+        if self.config.train_enabled and self.config.train.schedule == "inline":
+            self.trainer.train_inline()
+        else:
+            self.trainer.notify_frame()
         end = time.perf_counter()
         timings = {
             "render": frame.timings["render"],

@@ -141,3 +141,17 @@ def test_the_zero_copy_dlpack_path_end_to_end():
         assert np.isfinite(res.estimate["mse"]) and res.denoised.shape == (1, 3, 32, 32)
     finally:
         s.close()
+
+
+def test_inline_schedule_trains_every_frame_before_step_returns(tiny_renderer):
+    s = Session(tiny_renderer, config(schedule="inline", steps_per_frame=2))
+    try:
+        for i in range(4):
+            r = s.step(tiny_renderer.path.pose(i * 0.1))
+            # Frame i was denoised by the weights from before it was pushed, then trained on.
+            assert r.steps == 2 * (i + 1) and r.result.version == 2 * i
+            assert r.timings["train"] > 0
+        s.set_training(False)
+        assert s.step(tiny_renderer.initial_pose).steps == 8
+    finally:
+        s.close()

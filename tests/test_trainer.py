@@ -1,4 +1,5 @@
 import math
+import threading
 import time
 
 import numpy as np
@@ -136,3 +137,35 @@ def test_pause_holds_training(frame_factory):
 def test_invalid_loss_name():
     with pytest.raises(ValueError, match="hdr"):
         TrainConfig(loss="l7")
+
+
+def test_inline_schedule_steps_in_the_callers_thread(frame_factory):
+    tr = make_trainer([frame_factory()], schedule="inline", steps_per_frame=3).start()
+    assert not tr.alive  # no thread: the loop drives it
+    seen = []
+    step = tr.step
+    tr.step = lambda: (seen.append(threading.current_thread()), step())[1]
+    tr.train_inline()
+    assert tr.steps == 3 and tr.snapshot().version == 3
+    assert set(seen) == {threading.current_thread()}
+    assert tr.take_busy_ms() > 0
+    tr.set_paused(True)
+    tr.train_inline()
+    assert tr.steps == 3
+    tr.stop()
+
+
+def test_inline_schedule_reports_failures_like_the_thread(frame_factory):
+    tr = make_trainer([frame_factory()], schedule="inline")
+
+    def boom(pred, target):
+        raise RuntimeError("out of cheese")
+
+    tr.loss_fn = boom
+    with pytest.raises(TrainerError, match="out of cheese"):
+        tr.train_inline()
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="--train-schedule"):
+        TrainConfig(schedule="coroutine")
