@@ -32,6 +32,7 @@ import numpy as np
 from .arrays import pair_average, to_hwc_numpy, to_numpy
 from .files import atomic_write_json, atomic_write_text
 from .headless import live_frames
+from .memory import drift_mb_per_10min, peak_rss_mb, rss_mb
 from .metrics import RELMSE_EPS, all_metrics, temporal_change
 from .oidn import OIDN_QUALITY, oidn_denoise
 from .reference import ReferenceCache, ReferenceKey, reference_key, render_references
@@ -134,11 +135,13 @@ def run_bench(session: Session, options: BenchOptions) -> dict:
             if upload is not None:
                 ms["upload"] = upload(result)
             elapsed = time.perf_counter() - start
-            records.append({"frame": i, "seconds": elapsed, "steps": result.steps, "loss": result.loss, "ms": ms})
+            records.append({"frame": i, "seconds": elapsed, "steps": result.steps, "loss": result.loss,
+                            "rss_mb": rss_mb(), "ms": ms})
             if i in marks:
                 judged.append(_judged(i, elapsed, result))
             last = (i, elapsed, result)
         loop_seconds = time.perf_counter() - start
+        loop_peak_rss = peak_rss_mb()  # before references and OIDN add their own
         # A --seconds run ends at a frame nobody could mark in advance: judge where it stopped too,
         # so that "quality after S seconds" is measured at S and not at the last mark before it.
         if records and (not judged or judged[-1].frame != last[0]):
@@ -192,6 +195,7 @@ def run_bench(session: Session, options: BenchOptions) -> dict:
 
     report = _report(options, records, quality, temporal, oidn_ms, ours_ms, loop_seconds, cache,
                      reference_hits, renderer, session)
+    report["memory"] = _memory(records, options.warmup, loop_peak_rss)
     _write_outputs(out, report, records, quality, judged, refs)
     return report
 
@@ -242,6 +246,23 @@ def _report(options, records, quality, temporal, oidn_ms, ours_ms, loop_seconds,
     }
 
 
+def _memory(records: list[dict], warmup: int, peak: float) -> dict:
+    steady = [r for r in records if r["frame"] >= warmup] or records
+    return {
+        "rss_mb_first_steady": steady[0]["rss_mb"] if steady else float("nan"),
+        "rss_mb_last": steady[-1]["rss_mb"] if steady else float("nan"),
+        "rss_mb_max": max((r["rss_mb"] for r in steady), default=float("nan")),
+        "peak_rss_mb": peak,  # the process's high-water mark through the live loop
+        "drift_mb_per_10min": drift_mb_per_10min([r["seconds"] for r in steady], [r["rss_mb"] for r in steady]),
+    }
+
+
+def _schedule_note(config: dict) -> str:
+    if config.get("train", {}).get("schedule") == "inline":
+        return "Training runs inline: the stages add up to the frame."
+    return "Training runs in its own thread, overlapping rendering, so shares can add up past 100%."
+
+
 def _version(module: str) -> str:
     try:
         return __import__(module).__version__
@@ -258,15 +279,17 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
 
 
 def _write_outputs(out: Path, report, records, quality, judged, refs) -> None:
-    from .plots import crop_grid, quality_plot, stage_plot
+    from .plots import crop_grid, memory_plot, quality_plot, stage_plot
 
     atomic_write_json(out / "report.json", report)
     stages = [s for s in STAGES if records and s in records[0]["ms"]]
     flat = [{**{k: v for k, v in r.items() if k != "ms"}, **{f"{s}_ms": r["ms"][s] for s in stages}} for r in records]
-    atomic_write_text(out / "frames.csv", _csv(flat, ["frame", "seconds", "steps", "loss", *[f"{s}_ms" for s in stages]]))
+    atomic_write_text(out / "frames.csv", _csv(flat, ["frame", "seconds", "steps", "loss", "rss_mb",
+                                                      *[f"{s}_ms" for s in stages]]))
     rows = [{"method": m, **q} for m in METHODS for q in quality[m]]
     atomic_write_text(out / "quality.csv", _csv(rows, ["frame", "seconds", "steps", "method", *METRICS]))
     stage_plot(out / "stages.png", report)
+    memory_plot(out / "memory.png", report, records)
     quality_plot(out / "quality_frames.png", report, x="frame")
     quality_plot(out / "quality_seconds.png", report, x="seconds")
     if judged:
@@ -293,7 +316,7 @@ def table(report: dict) -> str:
     warm = report["timing"]["warmup"].get("frame", {})
     lines.append(f"{_f(report['fps'], '.2f')} frames/s steady ({_f(report['fps_overall'], '.2f')} overall), "
                  f"{_f(report['steps_per_second'], '.2f')} training steps/s, warm-up frames "
-                 f"{_f(warm.get('mean'), '.0f')} ms mean. Training overlaps rendering, so shares can add up past 100%.")
+                 f"{_f(warm.get('mean'), '.0f')} ms mean. {_schedule_note(cfg)}")
     final = report["final"]
     if final.get("ours"):
         f0 = final["ours"]
@@ -308,6 +331,11 @@ def table(report: dict) -> str:
         if temporal:
             lines.append(f"{'reference':<10} {'':>8} {'':>9} {'':>7} {'':>7} {_f(temporal.get('reference'), '8.4f')}"
                          f"   (flicker: mean |frame-to-frame change| over {temporal['frames']} still frames)")
+    mem = report.get("memory")
+    if mem:
+        lines.append(f"memory: RSS {_f(mem['rss_mb_first_steady'], '.0f')} MiB after warm-up, "
+                     f"{_f(mem['rss_mb_last'], '.0f')} MiB at the end, loop peak {_f(mem['peak_rss_mb'], '.0f')} MiB; "
+                     f"drift over the later half {_f(mem['drift_mb_per_10min'], '+.1f')} MiB per 10 min")
     alone = report.get("inference_alone_ms", {})
     mp = alone.get("megapixels") or float("nan")
     lines.append(f"inference alone, per frame (per megapixel): ours, both renders {_f(alone.get('ours'), '.0f')} ms "

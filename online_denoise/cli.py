@@ -131,6 +131,7 @@ def _renderer(args, spp: int, seed: int = 0, run=None):
     width, height = parse_res(args.res)
     return Renderer(RenderConfig(scene=args.scene, width=width, height=height, spp=spp, variant=args.variant,
                                  seed=seed, path=args.path, threads=args.render_threads,
+                                 freeze={"auto": None, "on": True, "off": False}[args.freeze_renders],
                                  renders=run.renders if run else 2, target_spp=run.target_spp if run else None))
 
 

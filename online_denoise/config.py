@@ -83,6 +83,8 @@ def add_scene_flags(p: argparse.ArgumentParser, spp_help: str | None = None) -> 
                    help=spp_help or "samples per pixel of each render of a pair (default: preset)")
     g.add_argument("--variant", default="auto", help="Mitsuba variant: auto, cuda_ad_rgb, llvm_ad_rgb or scalar_rgb")
     g.add_argument("--render-threads", type=int, default=None, help="Mitsuba's CPU threads (default: one per core)")
+    g.add_argument("--freeze-renders", choices=["auto", "on", "off"], default="auto",
+                   help="record each render pass once with dr.freeze and replay it (auto: on CUDA only)")
     g.add_argument("--path-fps", type=float, default=15.0,
                    help="camera-path seconds advance 1/path-fps per rendered frame (default 15)")
 
@@ -118,6 +120,11 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=int, default=None, help="crops per training step (default: preset)")
     g.add_argument("--ring", type=int, default=16, help="frames kept in the replay ring (default 16)")
     g.add_argument("--torch-threads", type=int, default=None, help="torch's CPU threads (default: torch's own)")
+    g.add_argument("--compile", choices=["off", "infer", "train", "all"], default="off",
+                   help="torch.compile the network for inference, training or both (default off; the first "
+                        "use compiles for about a minute on a 2-core CPU)")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="with --compile: also capture CUDA graphs (torch.compile mode reduce-overhead)")
     g.add_argument("--precision", default="auto",
                    help="network number format: auto (bf16 on CPUs with native bf16, fp16 on CUDA), fp32, bf16, fp16")
 
@@ -143,7 +150,8 @@ class Resolved:
 def resolve(args: argparse.Namespace, device) -> Resolved:
     preset = resolve_preset(args.preset, device.type)
     try:
-        precision = choose_precision(args.precision, device)
+        precision = choose_precision(args.precision, device, getattr(args, "compile", "off"),
+                                     getattr(args, "cuda_graphs", False))
     except ValueError as e:
         raise UserError(str(e)) from None
     try:

@@ -81,9 +81,7 @@ class Denoiser:
         self.spec = spec
         self.device = torch.device(device)
         self.precision = precision
-        self.model = build_model(model_config, spec.transfer).to(self.device).eval()
-        if precision.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = precision.prepare(build_model(model_config, spec.transfer).to(self.device).eval(), "infer")
         self.version = -1  # weight version last loaded; -1: initial weights
 
     def load_weights(self, state_dict: dict, version: int) -> None:

@@ -38,8 +38,23 @@ def stage_plot(path: Path, report: dict) -> None:
     ax.barh(["frame (wall)"], [steady["frame"]["mean"]], color="#444444",
             label=f"frame {steady['frame']['mean']:.0f} ms ({report['fps']:.2f} frames/s)")
     ax.set_xlabel("milliseconds per frame (steady state, mean)")
-    ax.set_title(f"{report['label']}: where the time goes (training overlaps rendering)")
+    inline = report.get("config", {}).get("train", {}).get("schedule") == "inline"
+    ax.set_title(f"{report['label']}: where the time goes" + ("" if inline else " (training overlaps rendering)"))
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, fontsize=8, frameon=False)
+    _save(fig, path)
+
+
+def memory_plot(path: Path, report: dict, records: list[dict]) -> None:
+    """Resident memory over the live loop, with the steady-state drift in the title."""
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    ax.plot([r["seconds"] / 60 for r in records], [r["rss_mb"] for r in records], color="#4c8fdb", lw=1)
+    mem = report["memory"]
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("minutes of live loop")
+    ax.set_ylabel("RSS (MiB)")
+    ax.set_title(f"{report['label']}: resident memory (later-half drift {mem['drift_mb_per_10min']:+.1f} MiB / 10 min)",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
     _save(fig, path)
 
 

@@ -80,10 +80,7 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, spec: FeatureSpec, ring: RingBuffer, config: TrainConfig,
                  device: torch.device | str = "cpu", precision: Precision = Precision()):
         self.precision = precision
-        model = model.to(device).train()
-        if precision.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        self.model = precision.prepare(model.to(device).train(), "train")
         self.spec = spec
         self.ring = ring
         self.config = config

@@ -9,8 +9,8 @@ from test_cli import assert_clean_error
 
 TINY = ["--res", "32", "--frames", "12", "--every", "4", "--reference-spp", "64", "--static-frames", "4",
         "--warmup", "2"]
-FILES = ("report.json", "frames.csv", "quality.csv", "stages.png", "quality_frames.png", "quality_seconds.png",
-         "crops.png")
+FILES = ("report.json", "frames.csv", "quality.csv", "stages.png", "memory.png", "quality_frames.png",
+         "quality_seconds.png", "crops.png")
 
 
 def finite_numbers(obj):
@@ -48,7 +48,11 @@ def test_every_report_file_is_written_with_finite_numbers(runs):
     for method in ("noisy", "ours", "oidn"):
         assert set(report["final"][method]) >= {"psnr", "relmse", "ssim", "flip"}
     assert set(report["temporal"]) == {"frames", "noisy", "ours", "oidn", "reference"}
-    assert "frames/s steady" in stdout and "PSNR dB" in stdout and "oidn" in stdout
+    assert "frames/s steady" in stdout and "PSNR dB" in stdout and "oidn" in stdout and "memory: RSS" in stdout
+    mem = report["memory"]
+    # A live loop with torch and Mitsuba loaded holds well over 100 MiB; the peak bounds every sample.
+    assert 100 < mem["rss_mb_first_steady"] <= mem["rss_mb_max"] <= mem["peak_rss_mb"] + 1
+    assert "rss_mb" in (folder / "frames.csv").read_text().splitlines()[0]
     rows = (folder / "quality.csv").read_text().splitlines()
     assert rows[0] == "frame,seconds,steps,method,psnr,relmse,ssim,flip" and len(rows) == 1 + 3 * 4
 

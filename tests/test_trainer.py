@@ -169,3 +169,28 @@ def test_inline_schedule_reports_failures_like_the_thread(frame_factory):
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="--train-schedule"):
         TrainConfig(schedule="coroutine")
+
+
+def test_compiled_network_trains_and_keeps_its_state_dict(frame_factory):
+    """--compile: Inductor's network gives the eager outputs, and checkpoints keep the eager key names."""
+    from online_denoise.precision import Precision
+
+    frames = [frame_factory()]
+    eager = make_trainer(frames)
+    compiled = make_trainer(frames)
+    compiled.model = Precision(compile="train").prepare(compiled.model, "train")
+    assert list(compiled.model.state_dict()) == list(eager.model.state_dict())
+    x = torch.rand(2, SPEC.channels, 32, 32)
+    c = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.model(x, c), eager.model(x, c), rtol=1e-4, atol=1e-5)
+    for _ in range(2):
+        assert compiled.step()
+    assert compiled.steps == 2 and math.isfinite(compiled.last_loss)
+
+
+def test_unknown_compile_mode_is_refused():
+    from online_denoise.precision import Precision
+
+    with pytest.raises(ValueError, match="--compile"):
+        Precision(compile="everything")
