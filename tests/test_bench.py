@@ -51,7 +51,7 @@ def test_every_report_file_is_written_with_finite_numbers(runs):
     assert "frames/s steady" in stdout and "PSNR dB" in stdout and "oidn" in stdout and "memory: RSS" in stdout
     mem = report["memory"]
     # A live loop with torch and Mitsuba loaded holds well over 100 MiB; the peak bounds every sample.
-    assert 100 < mem["rss_mb_first_steady"] <= mem["rss_mb_max"] <= mem["peak_rss_mb"] + 1
+    assert 100 < mem["rss_mb_first_steady"] <= mem["rss_mb_max"] <= mem["peak_rss_mb"] * 1.02
     assert "rss_mb" in (folder / "frames.csv").read_text().splitlines()[0]
     rows = (folder / "quality.csv").read_text().splitlines()
     assert rows[0] == "frame,seconds,steps,method,psnr,relmse,ssim,flip" and len(rows) == 1 + 3 * 4

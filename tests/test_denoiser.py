@@ -115,3 +115,20 @@ def test_to_hwc_numpy_round_trip(frame_factory):
 
     x = frame_factory().color_a
     np.testing.assert_array_equal(to_hwc_numpy(to_chw(x, "cpu")), x)
+
+
+def test_compiled_inference_follows_every_weight_update(frame_factory):
+    """The live loop loads new weights into the compiled network every frame; it must not serve stale ones."""
+    from online_denoise.precision import Precision
+
+    cfg = ModelConfig(width=8, depth=2, output="kpn")
+    eager = Denoiser(cfg, FeatureSpec())
+    compiled = Denoiser(cfg, FeatureSpec(), precision=Precision(compile="infer"))
+    frame = frame_factory(32, 32, seed=4)
+    for version, seed in enumerate((1, 2, 3)):
+        torch.manual_seed(seed)
+        weights = UNet(cfg).state_dict()
+        eager.load_weights(weights, version)
+        compiled.load_weights(weights, version)
+        torch.testing.assert_close(compiled.denoise_pair(frame).denoised, eager.denoise_pair(frame).denoised,
+                                   rtol=1e-4, atol=1e-5)

@@ -194,3 +194,12 @@ def test_unknown_compile_mode_is_refused():
 
     with pytest.raises(ValueError, match="--compile"):
         Precision(compile="everything")
+
+
+def test_compile_applies_only_to_the_role_asked_for():
+    from online_denoise.precision import Precision
+
+    infer_only = Precision(compile="infer")
+    trained = infer_only.prepare(UNet(ModelConfig(width=8, depth=2)), "train")
+    served = infer_only.prepare(UNet(ModelConfig(width=8, depth=2)), "infer")
+    assert trained._compiled_call_impl is None and served._compiled_call_impl is not None
