@@ -99,6 +99,12 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", default=None, help="start from these weights (their network replaces the preset's)")
     g.add_argument("--prior", choices=["auto", "none"], default="auto",
                    help="auto: start from the preset's shipped prior when it fits the run; none: random weights")
+    g.add_argument("--width", type=int, default=None, help="U-Net encoder width (default: preset)")
+    g.add_argument("--depth", type=int, default=None, help="U-Net max-pools (default: preset)")
+    g.add_argument("--head", choices=["kpn", "direct"], default=None,
+                   help="output head: per-pixel kernels or the paper's direct colour (default: preset)")
+    g.add_argument("--kernel-size", type=int, default=None, help="kpn kernel side, odd (default: preset)")
+    g.add_argument("--scales", type=int, default=None, help="kpn scales: full, 1/2, 1/4... (default: preset)")
     g.add_argument("--features", default="color,albedo,normal", help="network inputs (default color,albedo,normal)")
     g.add_argument("--transfer", default="paper", help="input transfer: paper ((v/(1+v))^(1/2.2)), log or linear")
     g.add_argument("--exposure-norm", choices=["none", "auto"], default="none",
@@ -166,7 +172,15 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     if target not in TARGETS:
         raise UserError(f"--target {target}: expected one of {', '.join(TARGETS)}")
     loss = args.loss or ("nll" if target == "blindspot" else None)
-    model = replace(preset.model, in_channels=features.channels)
+    net = {k: v for k, v in {"width": getattr(args, "width", None), "depth": getattr(args, "depth", None),
+                             "output": getattr(args, "head", None), "kernel_size": getattr(args, "kernel_size", None),
+                             "scales": getattr(args, "scales", None)}.items() if v is not None}
+    if net.get("output") == "direct":
+        net.setdefault("scales", 1)  # the direct head has no kernel scales
+    try:
+        model = replace(preset.model, in_channels=features.channels, **net)
+    except ValueError as e:
+        raise UserError(f"network flags (--width/--depth/--head/--kernel-size/--scales): {e}") from None
     if target == "blindspot":
         # The same width and depth as the preset's U-Net; four rotated branches make it ~4x the work.
         model = ModelConfig(in_channels=features.channels, width=model.width, depth=model.depth, arch="blindspot",

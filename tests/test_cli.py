@@ -128,6 +128,8 @@ def test_checkpoint_from_another_feature_set(cli, tmp_path):
     (["--loss", "l9"], "--loss l9"),
     (["--variant", "spectral_magic"], "--variant spectral_magic"),
     (["--frames", "0"], "--frames 0"),
+    (["--scales", "9"], "--scales"),
+    (["--kernel-size", "4"], "--kernel-size"),
 ])
 def test_bad_flags(cli, tmp_path, flags, needle):
     assert_clean_error(cli("fly", "--headless", "--out", tmp_path / "o", *TINY, *flags), needle)

@@ -1,0 +1,40 @@
+"""Presets resolved with command-line overrides."""
+
+import pytest
+import torch
+
+from online_denoise.cli import _parser
+from online_denoise.config import prior_path, resolve
+from online_denoise.errors import UserError
+
+
+def resolved(*flags):
+    args = _parser().parse_args(["bench", "--preset", "cpu", *flags])
+    return resolve(args, torch.device("cpu"))
+
+
+def test_the_cpu_preset_as_shipped():
+    run = resolved()
+    m = run.model
+    assert (m.width, m.depth, m.output, m.kernel_size, m.scales, m.in_channels) == (16, 5, "kpn", 5, 3, 9)
+    assert run.train.schedule == "inline" and run.spp == 2
+    assert prior_path(run, "auto") is not None
+
+
+def test_network_flags_override_single_fields():
+    run = resolved("--width", "24", "--scales", "4", "--kernel-size", "7")
+    assert (run.model.width, run.model.scales, run.model.kernel_size, run.model.depth) == (24, 4, 7, 5)
+    direct = resolved("--head", "direct")
+    assert direct.model.output == "direct" and direct.model.scales == 1  # a direct head has no kernel scales
+
+
+def test_schedule_and_compile_flags():
+    run = resolved("--train-schedule", "thread", "--compile", "infer")
+    assert run.train.schedule == "thread"
+    assert run.precision.compile == "infer" and run.precision.compile_mode == "default"
+    assert resolved("--compile", "all", "--cuda-graphs").precision.compile_mode == "reduce-overhead"
+
+
+def test_impossible_network_is_a_user_error():
+    with pytest.raises(UserError, match="--scales"):
+        resolved("--scales", "6")  # more scales than max-pools
