@@ -109,8 +109,6 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--transfer", default="paper", help="input transfer: paper ((v/(1+v))^(1/2.2)), log or linear")
     g.add_argument("--exposure-norm", choices=["none", "auto"], default="none",
                    help="scale each frame to middle grey before the transfer")
-    g.add_argument("--despeckle", choices=["on", "off"], default="off",
-                   help="scale isolated fireflies down to their neighbourhood before denoising")
     g.add_argument("--loss", default=None,
                    help="hdr (default), l2, l1, l0 (annealed 2 -> 0), or nll (blind-spot likelihood, its default)")
     g.add_argument("--target", default="n2n",
@@ -163,8 +161,7 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     except ValueError as e:
         raise UserError(str(e)) from None
     try:
-        features = FeatureSpec(parse_features(args.features), args.transfer, args.exposure_norm,
-                               getattr(args, "despeckle", "off") == "on")
+        features = FeatureSpec(parse_features(args.features), args.transfer, args.exposure_norm)
     except ValueError as e:
         raise UserError(f"--transfer/--features: {e}") from None
     target = getattr(args, "target", "n2n")

@@ -18,7 +18,7 @@ import torch
 from .arrays import pad_to, to_chw, to_hwc_numpy
 from .color import autoexposure
 from .errors import UserError
-from .features import FeatureSpec, build_input, despeckle, finite
+from .features import FeatureSpec, build_input, finite
 from .files import atomic_write
 from .model import ModelConfig, build_model
 from .precision import Precision
@@ -47,8 +47,6 @@ def prepare_input(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor
                   precision: Precision = Precision()) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """Features and colour, padded to the network's alignment, plus the unpadded size."""
     color = finite(color) * exposure
-    if spec.despeckle:
-        color = despeckle(color)  # for the kernels too: they would spread a firefly, not remove it
     x = build_input(spec, color, albedo, normal)
     x, size = pad_to(x, model.alignment)
     c, _ = pad_to(color, model.alignment)

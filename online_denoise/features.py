@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .color import get_transfer
 
@@ -23,7 +22,6 @@ class FeatureSpec:
     features: tuple[str, ...] = ("color", "albedo", "normal")
     transfer: str = "paper"  # curve applied to the colour input (color.TRANSFERS)
     exposure: str = "none"  # "auto" scales each frame to middle grey before the transfer
-    despeckle: bool = False  # scale isolated fireflies down before the network sees and filters the colour
 
     def __post_init__(self):
         if not self.features or self.features[0] != "color":
@@ -40,44 +38,19 @@ class FeatureSpec:
         return sum(FEATURE_CHANNELS[f] for f in self.features)
 
     def to_dict(self) -> dict:
-        return {"features": list(self.features), "transfer": self.transfer, "exposure": self.exposure,
-                "despeckle": self.despeckle}
+        return {"features": list(self.features), "transfer": self.transfer, "exposure": self.exposure}
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureSpec":
-        return cls(tuple(d["features"]), d["transfer"], d.get("exposure", "none"), bool(d.get("despeckle", False)))
+        return cls(tuple(d["features"]), d["transfer"], d.get("exposure", "none"))
 
     def describe(self) -> str:
-        extra = ", despeckled" if self.despeckle else ""
-        return f"{'+'.join(self.features)} ({self.transfer} transfer, exposure {self.exposure}{extra})"
+        return f"{'+'.join(self.features)} ({self.transfer} transfer, exposure {self.exposure})"
 
 
 def finite(x: torch.Tensor) -> torch.Tensor:
     """NaN and +-Inf become 0: a firefly that overflowed carries no usable estimate."""
     return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def despeckle(color: torch.Tensor) -> torch.Tensor:
-    """N x 3 x H x W linear colour with no pixel brighter than the second brightest of its 8 neighbours.
-
-    A firefly is one path sample worth hundreds of ordinary ones. The kernel
-    head filters the noisy colour with convex weights, so it conserves that
-    energy and spreads it into a bright block as wide as its kernels instead
-    of removing it. Scaling such a pixel (hue kept) down to its neighbourhood
-    removes that energy: biased, as every firefly clamp is, but a spike stays
-    a spike only where at least two neighbours are as bright, so edges, lines,
-    emitters and highlights wider than a pixel pass unchanged, and two
-    adjacent fireflies do not shield each other.
-    """
-    lum = color.mean(dim=1, keepdim=True)
-    h, w = lum.shape[-2:]
-    # Mirrored, so that a border pixel never counts itself, and a line that leaves the frame keeps its end.
-    padded = F.pad(lum, (1, 1, 1, 1), mode="reflect") if min(h, w) > 1 else F.pad(lum, (1, 1, 1, 1))
-    neighbours = torch.cat([padded[:, :, dy:dy + h, dx:dx + w]
-                            for dy in range(3) for dx in range(3) if (dy, dx) != (1, 1)], dim=1)
-    bound = neighbours.topk(2, dim=1).values[:, 1:2]
-    scale = torch.where(lum > bound, bound / lum.clamp_min(1e-20), torch.ones_like(lum))
-    return color * scale
 
 
 def build_input(spec: FeatureSpec, color: torch.Tensor, albedo: torch.Tensor | None,
