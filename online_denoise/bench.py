@@ -248,12 +248,13 @@ def _report(options, records, quality, temporal, oidn_ms, ours_ms, loop_seconds,
 
 def _memory(records: list[dict], warmup: int, peak: float) -> dict:
     steady = [r for r in records if r["frame"] >= warmup] or records
+    drift = drift_mb_per_10min([r["seconds"] for r in steady], [r["rss_mb"] for r in steady])
     return {
         "rss_mb_first_steady": steady[0]["rss_mb"] if steady else float("nan"),
         "rss_mb_last": steady[-1]["rss_mb"] if steady else float("nan"),
         "rss_mb_max": max((r["rss_mb"] for r in steady), default=float("nan")),
         "peak_rss_mb": peak,  # the process's high-water mark through the live loop
-        "drift_mb_per_10min": drift_mb_per_10min([r["seconds"] for r in steady], [r["rss_mb"] for r in steady]),
+        "drift_mb_per_10min": None if drift != drift else drift,  # None: the run was too short to tell
     }
 
 
@@ -335,7 +336,8 @@ def table(report: dict) -> str:
     if mem:
         lines.append(f"memory: RSS {_f(mem['rss_mb_first_steady'], '.0f')} MiB after warm-up, "
                      f"{_f(mem['rss_mb_last'], '.0f')} MiB at the end, loop peak {_f(mem['peak_rss_mb'], '.0f')} MiB; "
-                     f"drift over the later half {_f(mem['drift_mb_per_10min'], '+.1f')} MiB per 10 min")
+                     f"drift over the later half {_f(mem['drift_mb_per_10min'], '+.1f')} MiB per 10 min"
+                     f"{'' if mem['drift_mb_per_10min'] is not None else ' (needs a run of 10 min or more)'}")
     alone = report.get("inference_alone_ms", {})
     mp = alone.get("megapixels") or float("nan")
     lines.append(f"inference alone, per frame (per megapixel): ours, both renders {_f(alone.get('ours'), '.0f')} ms "

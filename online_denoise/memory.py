@@ -31,19 +31,26 @@ def rss_mb() -> float:
         return peak_rss_mb()
 
 
+# RSS swings by tens of MiB from frame to frame (the allocator returns large blocks to the OS and takes
+# them back), so a slope fitted over a minute or two extrapolates that noise: 2-minute runs gave
+# anything from +26 to +281 MiB per 10 min, and 30 minutes of the same loop gave +2.6.
+MIN_DRIFT_SPAN_S = 300.0
+
+
 def drift_mb_per_10min(seconds: list[float], rss: list[float]) -> float:
     """Least-squares slope of RSS against time over the later half of the samples, in MiB per 10 minutes.
 
     The first half is left out because caches fill there (compiled kernels,
     oneDNN primitives, the allocator's pools): growth that stops is not a leak,
-    and what the target asks is whether memory keeps growing.
+    and what the target asks is whether memory keeps growing. NaN when the
+    later half spans less than MIN_DRIFT_SPAN_S.
     """
     n = len(seconds)
     if n < 4:
         return float("nan")
     t = np.asarray(seconds[n // 2:], float)
     y = np.asarray(rss[n // 2:], float)
-    if t[-1] - t[0] <= 0:
+    if t[-1] - t[0] < MIN_DRIFT_SPAN_S:
         return float("nan")
     slope = np.polyfit(t, y, 1)[0]
     return float(slope * 600.0)

@@ -52,8 +52,9 @@ def memory_plot(path: Path, report: dict, records: list[dict]) -> None:
     ax.set_ylim(bottom=0)
     ax.set_xlabel("minutes of live loop")
     ax.set_ylabel("RSS (MiB)")
-    ax.set_title(f"{report['label']}: resident memory (later-half drift {mem['drift_mb_per_10min']:+.1f} MiB / 10 min)",
-                 fontsize=9)
+    drift = mem["drift_mb_per_10min"]
+    drift = f"later-half drift {drift:+.1f} MiB / 10 min" if drift is not None else "drift: needs 10 min or more"
+    ax.set_title(f"{report['label']}: resident memory ({drift})", fontsize=9)
     ax.grid(alpha=0.3)
     _save(fig, path)
 

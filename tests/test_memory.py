@@ -21,6 +21,8 @@ def test_drift_is_the_slope_of_the_later_half():
     assert drift_mb_per_10min(t, [900.0] * 200) == pytest.approx(0.0, abs=1e-9)
 
 
-def test_drift_needs_samples_over_time():
+def test_drift_needs_samples_over_minutes():
     assert np.isnan(drift_mb_per_10min([0, 1, 2], [1, 2, 3]))
     assert np.isnan(drift_mb_per_10min([5.0] * 8, list(range(8))))
+    two_minutes = list(np.linspace(0, 120, 500))
+    assert np.isnan(drift_mb_per_10min(two_minutes, [600 + (i % 7) * 10 for i in range(500)]))
