@@ -16,7 +16,7 @@ def resolved(*flags):
 def test_the_cpu_preset_as_shipped():
     run = resolved()
     m = run.model
-    assert (m.width, m.depth, m.output, m.kernel_size, m.scales, m.in_channels) == (16, 5, "kpn", 5, 3, 9)
+    assert (m.width, m.depth, m.output, m.kernel_size, m.scales, m.in_channels) == (16, 5, "kpn", 5, 4, 9)
     assert run.train.schedule == "inline" and run.spp == 2
     assert prior_path(run, "auto") is not None
 
