@@ -155,6 +155,8 @@ class Resolved:
 
 def resolve(args: argparse.Namespace, device) -> Resolved:
     preset = resolve_preset(args.preset, device.type)
+    if getattr(args, "cuda_graphs", False) and getattr(args, "compile", "off") == "off":
+        raise UserError("--cuda-graphs: CUDA graphs are captured by torch.compile; add --compile infer, train or all")
     try:
         precision = choose_precision(args.precision, device, getattr(args, "compile", "off"),
                                      getattr(args, "cuda_graphs", False))
@@ -187,7 +189,8 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
                             output="posterior" if loss == "nll" else "mean")
     overrides = {k: v for k, v in {
         "loss": loss, "lr": args.lr, "steps_per_frame": args.steps_per_frame,
-        "budget_ms": args.train_budget_ms, "schedule": getattr(args, "train_schedule", None), "crop": args.crop, "batch": args.batch, "target": target,
+        "budget_ms": args.train_budget_ms, "schedule": getattr(args, "train_schedule", None), "crop": args.crop,
+        "batch": args.batch, "target": target,
         "gr2r_gamma": getattr(args, "gr2r_gamma", None), "anneal_steps": getattr(args, "anneal_steps", None),
     }.items() if v is not None}
     try:

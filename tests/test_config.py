@@ -35,6 +35,11 @@ def test_schedule_and_compile_flags():
     assert resolved("--compile", "all", "--cuda-graphs").precision.compile_mode == "reduce-overhead"
 
 
+def test_cuda_graphs_need_compile():
+    with pytest.raises(UserError, match="--cuda-graphs"):
+        resolved("--cuda-graphs")
+
+
 def test_impossible_network_is_a_user_error():
     with pytest.raises(UserError, match="--scales"):
         resolved("--scales", "6")  # more scales than max-pools
