@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -162,6 +163,9 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
                                      getattr(args, "cuda_graphs", False))
     except ValueError as e:
         raise UserError(str(e)) from None
+    if precision.compile != "off" and device.type == "cpu" and not any(map(shutil.which, ("g++", "clang++"))):
+        raise UserError("--compile: torch.compile builds C++ kernels on the CPU and found no g++ or clang++; "
+                        "install one (apt-get install g++) or drop --compile")
     try:
         features = FeatureSpec(parse_features(args.features), args.transfer, args.exposure_norm)
     except ValueError as e:

@@ -118,10 +118,7 @@ class Session:
             a, b = to_chw(frame.color_a, self.device), to_chw(frame.color_b, self.device)
             estimate = error_estimate(result.denoised_a, result.denoised_b, a, b)
         self.ring.push(frame, frame_exposure(self.config.features, frame.color_a))
-        if self.config.train_enabled and self.config.train.schedule == "inline":
-            self.trainer.train_inline()
-        else:
-            self.trainer.notify_frame()
+        self.trainer.notify_frame()  # inline schedule: the training steps run here
         end = time.perf_counter()
         timings = {
             "render": frame.timings["render"],

@@ -4,8 +4,8 @@ The render loop calls ``notify_frame()`` after each push; the thread then
 takes ``steps_per_frame`` steps, or as many as fit ``budget_ms``, and goes back
 to waiting. Steps never pile up: a trainer that falls behind does at most one
 frame's worth of steps when it catches up, because the newest frames are the
-ones worth learning from. With ``schedule="inline"`` there is no thread: the
-loop calls ``train_inline()`` and the same frame's worth of steps runs there.
+ones worth learning from. With ``schedule="inline"`` there is no thread:
+``notify_frame()`` itself takes that frame's worth of steps, in the caller's thread.
 """
 
 from __future__ import annotations
@@ -106,17 +106,24 @@ class Trainer:
         self._ema: dict[str, torch.Tensor] | None = self._clone_state() if config.ema else None
         self._snapshot = Snapshot(0, self._clone_state())
         self._thread: threading.Thread | None = None
+        self._started = False
 
     # -- control (any thread) ---------------------------------------------
 
     def start(self) -> "Trainer":
+        self._started = True
         if self.config.schedule == "inline":
-            return self  # the loop calls train_inline() instead
+            return self  # notify_frame() trains in the loop's thread
         self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
         self._thread.start()
         return self
 
     def notify_frame(self) -> None:
+        """A frame was pushed: train on it now (inline) or wake the thread. Nothing before start()."""
+        if self.config.schedule == "inline":
+            if self._started:
+                self.train_inline()
+            return
         with self._cond:
             self._credit = max(self._credit, 1)
             self._cond.notify()

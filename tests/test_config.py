@@ -35,6 +35,14 @@ def test_schedule_and_compile_flags():
     assert resolved("--compile", "all", "--cuda-graphs").precision.compile_mode == "reduce-overhead"
 
 
+def test_compile_without_a_cpu_compiler_is_a_user_error(monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match="g\\+\\+"):
+        resolved("--compile", "infer")
+
+
 def test_cuda_graphs_need_compile():
     with pytest.raises(UserError, match="--cuda-graphs"):
         resolved("--cuda-graphs")

@@ -145,14 +145,20 @@ def test_inline_schedule_steps_in_the_callers_thread(frame_factory):
     seen = []
     step = tr.step
     tr.step = lambda: (seen.append(threading.current_thread()), step())[1]
-    tr.train_inline()
+    tr.notify_frame()
     assert tr.steps == 3 and tr.snapshot().version == 3
     assert set(seen) == {threading.current_thread()}
     assert tr.take_busy_ms() > 0
     tr.set_paused(True)
-    tr.train_inline()
+    tr.notify_frame()
     assert tr.steps == 3
     tr.stop()
+
+
+def test_inline_schedule_does_not_train_before_start(frame_factory):
+    tr = make_trainer([frame_factory()], schedule="inline")
+    tr.notify_frame()  # a session with training disabled never starts its trainer
+    assert tr.steps == 0
 
 
 def test_inline_schedule_reports_failures_like_the_thread(frame_factory):
