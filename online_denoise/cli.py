@@ -205,7 +205,7 @@ def _bench_one(args, out: Path, label: str) -> dict:
     from .config import resolve
     from .denoiser import select_device
     from .files import ensure_writable_dir
-    from .session import Session, SessionConfig
+    from .session import Session
 
     device = select_device(args.device)
     run = resolve(args, device)
@@ -213,8 +213,7 @@ def _bench_one(args, out: Path, label: str) -> dict:
     ensure_writable_dir(out)
     checkpoint = _starting_weights(args, run)
     renderer = _renderer(args, run.spp, args.seed, run)
-    session = Session(renderer, SessionConfig(run.model, run.features, run.train, str(device), args.ring,
-                                              precision=run.precision), checkpoint)
+    session = Session(renderer, run.session_config(device, args.ring), checkpoint)
     config = {**run.to_dict(), "scene": str(renderer.scene_info.xml), "variant": renderer.variant,
               "device": str(device), "checkpoint": args.checkpoint, "seconds": args.seconds,
               "start": "checkpoint" if args.checkpoint else ("prior" if checkpoint is not None else "random")}
@@ -313,7 +312,7 @@ def _cmd_fly(args) -> int:
     from .denoiser import select_device
     from .files import ensure_writable_dir
     from .headless import HeadlessOptions, run_headless
-    from .session import Session, SessionConfig
+    from .session import Session
 
     if args.frames is not None and args.frames < 1:
         raise UserError(f"--frames {args.frames}: expected at least 1")
@@ -333,8 +332,7 @@ def _cmd_fly(args) -> int:
 
     width, height = run.res
     renderer = _renderer(args, run.spp, args.seed, run)
-    session = Session(renderer, SessionConfig(run.model, run.features, run.train, str(device), args.ring, precision=run.precision),
-                      checkpoint)
+    session = Session(renderer, run.session_config(device, args.ring), checkpoint)
     config = {**run.to_dict(), "scene": str(renderer.scene_info.xml), "variant": renderer.variant,
               "device": str(device), "checkpoint": args.checkpoint,
               "start": "checkpoint" if args.checkpoint else ("prior" if checkpoint is not None else "random")}

@@ -18,6 +18,7 @@ from .errors import UserError
 from .features import FEATURE_CHANNELS, FeatureSpec
 from .model import ModelConfig
 from .precision import Precision, choose_precision
+from .session import SessionConfig
 from .trainer import TrainConfig
 
 
@@ -32,14 +33,16 @@ class Preset:
     train: TrainConfig
     spp: int  # per render of a pair
     prior: str | None = None  # weights live training starts from (priors/), made by scripts/train_prior.sh
+    pair: str = "both"  # denoiser.PAIR_MODES: how the displayed image is made from the two renders
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("cpu", "2-core CPU: width-16 U-Net, 4-scale 5x5 kernel-predicting head, 1 step of 8 crops per frame "
-                  "taken inline, "
-                  "2 spp per render, starting from the shipped prior",
+                  "taken inline, 2 spp per render, starting from the shipped prior; the mean of the two renders "
+                  "is denoised once",
            ModelConfig(width=16, depth=5, output="kpn", kernel_size=5, scales=4),
-           TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1, schedule="inline"), spp=2, prior="cpu.pt"),
+           TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1, schedule="inline"), spp=2, prior="cpu.pt",
+           pair="mean"),
     Preset("gpu", "CUDA: the paper's width-48 U-Net with the 3-scale kernel-predicting head, 8 steps per frame",
            ModelConfig(width=48, depth=5, output="kpn", kernel_size=5, scales=3),
            TrainConfig(lr=1e-3, batch=8, crop=128, steps_per_frame=8), spp=8),
@@ -121,6 +124,9 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps-per-frame", type=int, default=None, help="training steps per new frame (default: preset)")
     g.add_argument("--train-budget-ms", type=float, default=None,
                    help="instead of a step count, train for this many ms per frame")
+    g.add_argument("--pair", choices=["both", "mean"], default=None,
+                   help="both: denoise each render and average the results; mean: denoise the renders' mean "
+                        "once, half the inference (default: preset; cpu uses mean)")
     g.add_argument("--train-schedule", choices=["thread", "inline"], default=None,
                    help="thread: train beside the render loop; inline: in it, after each frame (default: preset)")
     g.add_argument("--crop", type=int, default=None, help="training crop side (default: preset)")
@@ -147,11 +153,17 @@ class Resolved:
     precision: Precision
     renders: int = 2
     target_spp: int | None = None
+    pair: str = "both"
 
     def to_dict(self) -> dict:
         return {"preset": self.preset.name, "model": self.model.to_dict(), "features": self.features.to_dict(),
                 "train": asdict(self.train), "spp": self.spp, "res": list(self.res),
-                "precision": asdict(self.precision), "renders": self.renders, "target_spp": self.target_spp}
+                "precision": asdict(self.precision), "renders": self.renders, "target_spp": self.target_spp,
+                "pair": self.pair}
+
+    def session_config(self, device, ring: int) -> SessionConfig:
+        return SessionConfig(self.model, self.features, self.train, str(device), ring, precision=self.precision,
+                             pair=self.pair)
 
 
 def resolve(args: argparse.Namespace, device) -> Resolved:
@@ -215,7 +227,8 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
         raise UserError(f"--ring {args.ring}: expected at least 1 frame")
     if args.path_fps <= 0:
         raise UserError(f"--path-fps {args.path_fps}: expected a positive number")
-    return Resolved(preset, model, features, train, spp, parse_res(args.res), precision, renders, target_spp)
+    pair = getattr(args, "pair", None) or preset.pair
+    return Resolved(preset, model, features, train, spp, parse_res(args.res), precision, renders, target_spp, pair)
 
 
 def prior_path(run: "Resolved", choice: str) -> Path | None:

@@ -27,6 +27,11 @@ CHECKPOINT_FORMAT = "online_denoise.checkpoint"
 CHECKPOINT_VERSION = 1
 
 
+# How a frame's two renders become one image: each denoised and the results averaged, or their mean
+# denoised once (Denoiser.denoise_pair).
+PAIR_MODES = ("both", "mean")
+
+
 class CheckpointError(UserError):
     pass
 
@@ -128,25 +133,46 @@ class Denoiser:
                 out[y0:y1, x0:x1] = to_hwc_numpy(y[..., y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0])
         return out
 
-    def denoise_pair(self, frame) -> "PairResult":
-        """Denoise both renders of a frame in one batch and average them (a single render: just it)."""
+    def denoise_pair(self, frame, pair: str = "both", each: bool = False) -> "PairResult":
+        """The displayed image of a frame (a single-render frame: that render, denoised).
+
+        pair="both" denoises the two renders in one batch and averages the
+        results; they also feed the reference-free error estimate. pair="mean"
+        denoises the average of the two renders, once: half the inference, and
+        on the Cornell box the same PSNR to 0.1 dB at four poses, from random
+        weights and from the prior, because each render's kernels filter a
+        2-spp image about as the mean's kernels filter the 4-spp average.
+        ``each`` also denoises the renders on their own, in the same batch, for
+        the error estimate; the displayed image stays the mean's.
+        """
+        if pair not in PAIR_MODES:
+            raise ValueError(f"pair mode {pair!r}: expected one of {PAIR_MODES}")
         dev = self.device
         colors = [to_chw(frame.color_a, dev)]
         if frame.color_b is not None:
             colors.append(to_chw(frame.color_b, dev))
+        single = len(colors) == 1
+        mean = not single and pair == "mean"
+        if mean:
+            colors = [(colors[0] + colors[1]) / 2] + (colors if each else [])
         color = torch.cat(colors)
         albedo, normal = _opt_chw(frame.albedo, dev), _opt_chw(frame.normal, dev)
         n = color.shape[0]
         out = self.denoise_batch(color, _expand(albedo, n), _expand(normal, n),
                                  frame_exposure(self.spec, frame.color_a))
-        return PairResult(out.mean(dim=0, keepdim=True), out[0:1], out[1:2] if n == 2 else None, self.version)
+        if single:
+            return PairResult(out, out, None, self.version)
+        if mean:
+            a, b = (out[1:2], out[2:3]) if each else (None, None)
+            return PairResult(out[0:1], a, b, self.version)
+        return PairResult(out.mean(dim=0, keepdim=True), out[0:1], out[1:2], self.version)
 
 
 @dataclass
 class PairResult:
-    denoised: torch.Tensor  # 1 x 3 x H x W, average of the two
-    denoised_a: torch.Tensor
-    denoised_b: torch.Tensor | None  # None for a single-render frame
+    denoised: torch.Tensor  # 1 x 3 x H x W, what is displayed
+    denoised_a: torch.Tensor | None  # each render denoised on its own; None if only their mean was
+    denoised_b: torch.Tensor | None  # None also for a single-render frame
     version: int  # weight version that produced it
 
 

@@ -70,6 +70,12 @@ class Summary:
                 f"est. MSE {self.estimate_mse:.3g}{quality} | wrote {self.out}")
 
 
+def _recent_estimate(records: list[dict], count: int = 10) -> float:
+    """Mean of the last ``count`` distinct error estimates (frames in between repeat the latest one)."""
+    latest = {r["estimate_frame"]: r["estimate_mse"] for r in records if r.get("estimate_frame") is not None}
+    return _mean_of([latest[f] for f in sorted(latest)[-count:]])
+
+
 def _mean_of(values: list) -> float:
     values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else float("nan")
@@ -125,7 +131,7 @@ def run_headless(session: Session, options: HeadlessOptions, checkpoint_name: st
         frames=len(records), seconds=seconds, interrupted=interrupted, stage_ms=_stage_means(records),
         steps=session.trainer.steps, loss=session.trainer.last_loss,
         skipped_nonfinite=session.trainer.skipped_nonfinite,
-        estimate_mse=_mean_of([r["estimate_mse"] for r in records[-10:]]),
+        estimate_mse=_recent_estimate(records),
         out=str(out),
     )
     if last is not None:

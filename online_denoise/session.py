@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .arrays import to_chw
-from .denoiser import Checkpoint, Denoiser, PairResult, frame_exposure, save_checkpoint
+from .denoiser import PAIR_MODES, Checkpoint, Denoiser, PairResult, frame_exposure, save_checkpoint
 from .features import FeatureSpec
 from .metrics import error_estimate
 from .model import ModelConfig, build_model
@@ -37,6 +37,17 @@ class SessionConfig:
     ring_capacity: int = 16  # frames kept for replay
     train_enabled: bool = True
     precision: Precision = Precision()
+    pair: str = "both"  # denoiser.PAIR_MODES: denoise each render and average, or denoise their mean once
+    # With pair="mean", every this many frames the renders are also denoised on their own (the display
+    # still shows the mean's result), because the reference-free error estimate needs two independent
+    # results; frames in between keep the last estimate.
+    estimate_every: int = 10
+
+    def __post_init__(self):
+        if self.pair not in PAIR_MODES:
+            raise ValueError(f"pair mode {self.pair!r}: expected one of {PAIR_MODES}")
+        if self.estimate_every < 1:
+            raise ValueError(f"estimate_every {self.estimate_every}: expected at least 1")
 
 
 @dataclass
@@ -64,6 +75,7 @@ class FrameResult:
             "weight_version": self.result.version,
             "estimate_mse": self.estimate.get("mse"),
             "noisy_mse_estimate": self.estimate.get("noisy_mse"),
+            "estimate_frame": self.estimate.get("frame"),
             "skipped_nonfinite": self.skipped_nonfinite,
         }
 
@@ -87,6 +99,7 @@ class Session:
         self.denoiser = Denoiser(model_config, config.features, device, config.precision)
         self._load_latest()
         self.frames = 0
+        self._estimate: dict[str, float] = {}  # the latest error estimate, with the frame it was made on
         self._last_end = time.perf_counter()
         self._closed = False
         if config.train_enabled:
@@ -110,13 +123,14 @@ class Session:
         frame = self.renderer.render_pair(pose, self.frames)
         t0 = time.perf_counter()
         self._load_latest()
-        result = self.denoiser.denoise_pair(frame)
+        estimating = self.config.pair == "both" or self.frames % self.config.estimate_every == 0
+        result = self.denoiser.denoise_pair(frame, self.config.pair, each=estimating)
         self._sync()
         t1 = time.perf_counter()
-        estimate = {}
-        if frame.color_b is not None:  # the estimate needs two independent renders
+        if result.denoised_b is not None:  # the estimate needs both renders, denoised on their own
             a, b = to_chw(frame.color_a, self.device), to_chw(frame.color_b, self.device)
-            estimate = error_estimate(result.denoised_a, result.denoised_b, a, b)
+            self._estimate = {**error_estimate(result.denoised_a, result.denoised_b, a, b), "frame": frame.index}
+        estimate = self._estimate
         self.ring.push(frame, frame_exposure(self.config.features, frame.color_a))
         self.trainer.notify_frame()  # inline schedule: the training steps run here
         end = time.perf_counter()

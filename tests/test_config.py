@@ -19,6 +19,13 @@ def test_the_cpu_preset_as_shipped():
     assert (m.width, m.depth, m.output, m.kernel_size, m.scales, m.in_channels) == (16, 5, "kpn", 5, 4, 9)
     assert run.train.schedule == "inline" and run.spp == 2
     assert prior_path(run, "auto") is not None
+    assert run.pair == "mean" and run.session_config("cpu", 16).pair == "mean"
+
+
+def test_pair_flag_overrides_the_preset():
+    assert resolved("--pair", "both").session_config("cpu", 16).pair == "both"
+    args = _parser().parse_args(["bench", "--preset", "gpu"])
+    assert resolve(args, torch.device("cpu")).pair == "both"
 
 
 def test_network_flags_override_single_fields():

@@ -24,6 +24,31 @@ def test_denoise_pair_averages_both_renders(frame_factory):
     assert (r.denoised >= 0).all()
 
 
+def test_pair_mean_denoises_the_average_of_the_renders_once(frame_factory):
+    f = frame_factory(40, 24)
+    d = Denoiser(CFG, SPEC)
+    r = d.denoise_pair(f, "mean")
+    mean = (f.color_a + f.color_b) / 2
+    torch.testing.assert_close(r.denoised, d.denoise(mean, f.albedo, f.normal))
+    assert r.denoised_a is None and r.denoised_b is None  # no independent pair to estimate the error from
+    e = d.denoise_pair(f, "mean", each=True)
+    torch.testing.assert_close(e.denoised, r.denoised)  # the display does not change on estimate frames
+    torch.testing.assert_close(e.denoised_b, d.denoise(f.color_b, f.albedo, f.normal))
+    assert not torch.allclose(r.denoised, d.denoise_pair(f, "both").denoised)
+    with pytest.raises(ValueError, match="pair mode"):
+        d.denoise_pair(f, "median")
+
+
+def test_pair_mode_of_a_single_render_frame_is_that_render(frame_factory):
+    f = frame_factory(32, 32)
+    f.color_b = None
+    d = Denoiser(CFG, SPEC)
+    for mode in ("both", "mean"):
+        r = d.denoise_pair(f, mode)
+        torch.testing.assert_close(r.denoised, d.denoise(f.color_a, f.albedo, f.normal))
+        assert r.denoised_b is None
+
+
 def test_nonfinite_input_gives_finite_output(frame_factory):
     f = frame_factory(32, 32)
     f.color_a[3, 3] = np.nan

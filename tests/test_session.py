@@ -36,6 +36,30 @@ def test_step_records_stages_and_trains(tiny_renderer):
         s.close()
 
 
+def test_pair_mean_still_estimates_the_error_every_few_frames(tiny_renderer):
+    s = Session(tiny_renderer, SessionConfig(MODEL, FeatureSpec(), TrainConfig(crop=32, batch=2), "cpu", 4,
+                                             train_enabled=False, pair="mean", estimate_every=3))
+    try:
+        results = [s.step(tiny_renderer.path.pose(i * 0.1)) for i in range(7)]
+    finally:
+        s.close()
+    both = [r.result.denoised_a is not None for r in results]
+    assert both == [True, False, False, True, False, False, True]
+    # Frames in between carry the latest estimate, labelled with the frame it was made on.
+    assert [r.record()["estimate_frame"] for r in results] == [0, 0, 0, 3, 3, 3, 6]
+    assert all(np.isfinite(r.record()["estimate_mse"]) for r in results)
+    for r in results[:2]:  # what is displayed is the mean's result, on estimate frames too
+        expected = s.denoiser.denoise((r.frame.color_a + r.frame.color_b) / 2, r.frame.albedo, r.frame.normal)
+        torch.testing.assert_close(r.denoised, expected)
+
+
+def test_session_config_refuses_unknown_pair_modes():
+    with pytest.raises(ValueError, match="pair mode"):
+        SessionConfig(MODEL, FeatureSpec(), TrainConfig(), pair="median")
+    with pytest.raises(ValueError, match="estimate_every"):
+        SessionConfig(MODEL, FeatureSpec(), TrainConfig(), estimate_every=0)
+
+
 def test_a_frame_is_denoised_by_weights_that_never_saw_it(tiny_renderer):
     s = Session(tiny_renderer, config(steps_per_frame=2))
     try:
