@@ -92,8 +92,12 @@ class Driver:
                               check=True).stdout
 
     def records(self) -> list[dict]:
+        """The complete lines of metrics.jsonl: the viewer may be halfway through writing the last one."""
         path = self.out / "metrics.jsonl"
-        return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
+        if not path.is_file():
+            return []
+        complete = path.read_text().rpartition("\n")[0]
+        return [json.loads(l) for l in complete.splitlines() if l.strip()]
 
     def wait_frames(self, n: int, timeout: float = 120) -> list[dict]:
         start = len(self.records())
