@@ -139,7 +139,7 @@ class Denoiser:
         pair="both" denoises the two renders in one batch and averages the
         results; they also feed the reference-free error estimate. pair="mean"
         denoises the average of the two renders, once: half the inference, and
-        on the Cornell box the same PSNR to 0.1 dB at four poses, from random
+        on the Cornell box the same PSNR within 0.12 dB at four poses, from random
         weights and from the prior, because each render's kernels filter a
         2-spp image about as the mean's kernels filter the 4-spp average.
         ``each`` also denoises the renders on their own, in the same batch, for
