@@ -14,6 +14,7 @@ import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .denoiser import PAIR_MODES
 from .errors import UserError
 from .features import FEATURE_CHANNELS, FeatureSpec
 from .model import ModelConfig
@@ -124,7 +125,7 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps-per-frame", type=int, default=None, help="training steps per new frame (default: preset)")
     g.add_argument("--train-budget-ms", type=float, default=None,
                    help="instead of a step count, train for this many ms per frame")
-    g.add_argument("--pair", choices=["both", "mean"], default=None,
+    g.add_argument("--pair", choices=PAIR_MODES, default=None,
                    help="both: denoise each render and average the results; mean: denoise the renders' mean "
                         "once, half the inference (default: preset; cpu uses mean)")
     g.add_argument("--train-schedule", choices=["thread", "inline"], default=None,
