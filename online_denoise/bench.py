@@ -11,7 +11,11 @@ path) and measures
 * temporal stability on a static-camera segment.
 
 "Noisy" is the average of the pair, and OIDN denoises that same average with
-the frame's albedo and normal: every method sees the same samples.
+the frame's albedo and normal: every method sees the same samples. With
+temporal reuse on, our network sees each render's reprojected running mean
+instead; the report then adds that input ("reused") and OIDN run on it
+("oidn_reused"), so OIDN is judged both as a per-frame denoiser and on the
+input ours had.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ from .reference import ReferenceCache, ReferenceKey, reference_key, render_refer
 from .session import Session
 
 METHODS = ("noisy", "ours", "oidn")
+REUSE_METHODS = ("reused", "oidn_reused")  # only in runs with temporal reuse
 METRICS = ("psnr", "relmse", "ssim", "flip")
-STAGES = ("render", "train", "infer", "upload", "frame")
+STAGES = ("render", "reuse", "train", "infer", "upload", "frame")
 REPORT_FORMAT = "online_denoise.bench/1"
 
 
@@ -70,7 +75,8 @@ class Judged:
     ours: np.ndarray
     albedo: np.ndarray
     normal: np.ndarray
-    frame_obj: object  # the renderer's Frame, to time our inference on it after the run
+    frame_obj: object  # the Frame our network denoised, to time our inference on it after the run
+    reused: np.ndarray | None = None  # the pair's mean after temporal reuse, when it is on
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -114,8 +120,9 @@ class _WindowUpload:
 
 def _judged(i: int, elapsed: float, result) -> Judged:
     frame = result.frame
-    return Judged(i, elapsed, result.steps, pair_average(frame), to_hwc_numpy(result.denoised),
-                  to_numpy(frame.albedo), to_numpy(frame.normal), frame)
+    reused = pair_average(frame) if frame is not result.rendered else None
+    return Judged(i, elapsed, result.steps, pair_average(result.rendered), to_hwc_numpy(result.denoised),
+                  to_numpy(frame.albedo), to_numpy(frame.normal), frame, reused)
 
 
 def run_bench(session: Session, options: BenchOptions) -> dict:
@@ -136,7 +143,7 @@ def run_bench(session: Session, options: BenchOptions) -> dict:
                 ms["upload"] = upload(result)
             elapsed = time.perf_counter() - start
             records.append({"frame": i, "seconds": elapsed, "steps": result.steps, "loss": result.loss,
-                            "rss_mb": rss_mb(), "ms": ms})
+                            "rss_mb": rss_mb(), "history": result.history, "ms": ms})
             if i in marks:
                 judged.append(_judged(i, elapsed, result))
             last = (i, elapsed, result)
@@ -149,7 +156,7 @@ def run_bench(session: Session, options: BenchOptions) -> dict:
         static = []
         for _ in range(options.static_frames if options.static_frames > 1 else 0):
             result = session.step(static_pose)
-            static.append((pair_average(result.frame), to_hwc_numpy(result.denoised),
+            static.append((pair_average(result.rendered), to_hwc_numpy(result.denoised),
                            to_numpy(result.frame.albedo), to_numpy(result.frame.normal)))
     finally:
         if upload is not None:
@@ -169,7 +176,8 @@ def run_bench(session: Session, options: BenchOptions) -> dict:
 
     # Judge after the run, so that OIDN and the metrics cost the live loop nothing. Both denoisers
     # are also timed here, alone on the machine, so their costs compare on equal terms.
-    quality: dict[str, list[dict]] = {m: [] for m in METHODS}
+    reusing = session.reuse is not None
+    quality: dict[str, list[dict]] = {m: [] for m in METHODS + (REUSE_METHODS if reusing else ())}
     oidn_ms, ours_ms = [], []
     for j in judged:
         t0 = time.perf_counter()
@@ -178,7 +186,10 @@ def run_bench(session: Session, options: BenchOptions) -> dict:
         t0 = time.perf_counter()
         session.denoiser.denoise_pair(j.frame_obj, session.config.pair)
         ours_ms.append((time.perf_counter() - t0) * 1000)
-        for method, image in (("noisy", j.noisy), ("ours", j.ours), ("oidn", oidn)):
+        images = [("noisy", j.noisy), ("ours", j.ours), ("oidn", oidn)]
+        if reusing:
+            images += [("reused", j.reused), ("oidn_reused", oidn_denoise(j.reused, j.albedo, j.normal))]
+        for method, image in images:
             quality[method].append({"frame": j.frame, "seconds": j.seconds, "steps": j.steps,
                                     **all_metrics(image, refs[j.frame])})
         j.oidn = oidn  # kept for the crop grid
@@ -236,7 +247,8 @@ def _report(options, records, quality, temporal, oidn_ms, ours_ms, loop_seconds,
         "reference": {"spp": options.reference_spp, "cache_hits": reference_hits, "cache_misses": cache.misses},
         "relmse_eps": RELMSE_EPS,
         "quality": quality,
-        "final": {m: quality[m][-1] if quality[m] else None for m in METHODS},
+        "final": {m: rows[-1] if rows else None for m, rows in quality.items()},
+        "history": statistics.fmean(r["history"] for r in steady) if steady else float("nan"),
         "oidn": {"quality": OIDN_QUALITY, "ms_mean": statistics.fmean(oidn_ms) if oidn_ms else float("nan")},
         # Both timed alone after the run: OIDN on the pair's average, ours as the loop displays a frame
         # (pair "both": each render denoised; "mean": their average, once).
@@ -286,9 +298,9 @@ def _write_outputs(out: Path, report, records, quality, judged, refs) -> None:
     atomic_write_json(out / "report.json", report)
     stages = [s for s in STAGES if records and s in records[0]["ms"]]
     flat = [{**{k: v for k, v in r.items() if k != "ms"}, **{f"{s}_ms": r["ms"][s] for s in stages}} for r in records]
-    atomic_write_text(out / "frames.csv", _csv(flat, ["frame", "seconds", "steps", "loss", "rss_mb",
+    atomic_write_text(out / "frames.csv", _csv(flat, ["frame", "seconds", "steps", "loss", "rss_mb", "history",
                                                       *[f"{s}_ms" for s in stages]]))
-    rows = [{"method": m, **q} for m in METHODS for q in quality[m]]
+    rows = [{"method": m, **q} for m, qs in quality.items() for q in qs]
     atomic_write_text(out / "quality.csv", _csv(rows, ["frame", "seconds", "steps", "method", *METRICS]))
     stage_plot(out / "stages.png", report)
     memory_plot(out / "memory.png", report, records)
@@ -324,15 +336,16 @@ def table(report: dict) -> str:
         f0 = final["ours"]
         lines.append(f"quality at frame {f0['frame']} (t = {f0['seconds']:.0f} s, {f0['steps']} steps), "
                      f"vs {report['reference']['spp']}-spp references; relMSE eps {report['relmse_eps']}:")
-        lines.append(f"{'method':<10} {'PSNR dB':>8} {'relMSE':>9} {'SSIM':>7} {'FLIP':>7} {'flicker':>8}")
+        lines.append(f"{'method':<11} {'PSNR dB':>8} {'relMSE':>9} {'SSIM':>7} {'FLIP':>7} {'flicker':>8}")
         temporal = report.get("temporal", {})
-        for m in METHODS:
-            q = final[m]
-            lines.append(f"{m:<10} {_f(q['psnr'], '8.2f')} {_f(q['relmse'], '9.4f')} {_f(q['ssim'], '7.4f')} "
+        for m, q in final.items():
+            lines.append(f"{m:<11} {_f(q['psnr'], '8.2f')} {_f(q['relmse'], '9.4f')} {_f(q['ssim'], '7.4f')} "
                          f"{_f(q['flip'], '7.4f')} {_f(temporal.get(m), '8.4f')}")
         if temporal:
-            lines.append(f"{'reference':<10} {'':>8} {'':>9} {'':>7} {'':>7} {_f(temporal.get('reference'), '8.4f')}"
+            lines.append(f"{'reference':<11} {'':>8} {'':>9} {'':>7} {'':>7} {_f(temporal.get('reference'), '8.4f')}"
                          f"   (flicker: mean |frame-to-frame change| over {temporal['frames']} still frames)")
+    if report.get("history", 1.0) > 1.0:
+        lines.append(f"temporal reuse: each pixel's running mean spanned {report['history']:.1f} frames on average")
     mem = report.get("memory")
     if mem:
         lines.append(f"memory: RSS {_f(mem['rss_mb_first_steady'], '.0f')} MiB after warm-up, "
@@ -373,7 +386,7 @@ def compare(a: dict, b: dict) -> str:
         if stage in a["timing"]["steady"] and stage in b["timing"]["steady"]:
             rows.append((f"{stage} ms", a["timing"]["steady"][stage]["mean"], b["timing"]["steady"][stage]["mean"],
                          ".1f"))
-    for m in METHODS:
+    for m in METHODS + REUSE_METHODS:
         qa, qb = a["final"].get(m), b["final"].get(m)
         if qa and qb:
             for metric, fmt in (("psnr", ".2f"), ("relmse", ".4f"), ("ssim", ".4f"), ("flip", ".4f")):

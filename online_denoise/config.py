@@ -20,6 +20,7 @@ from .features import FEATURE_CHANNELS, FeatureSpec
 from .model import ModelConfig
 from .precision import Precision, choose_precision
 from .session import SessionConfig
+from .temporal import TemporalConfig
 from .trainer import TrainConfig
 
 
@@ -35,6 +36,7 @@ class Preset:
     spp: int  # per render of a pair
     prior: str | None = None  # weights live training starts from (priors/), made by scripts/train_prior.sh
     pair: str = "both"  # denoiser.PAIR_MODES: how the displayed image is made from the two renders
+    history: int = 1  # temporal reuse: frames in each render's reprojected running mean; 1: none
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -128,6 +130,9 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pair", choices=PAIR_MODES, default=None,
                    help="both: denoise each render and average the results; mean: denoise the renders' mean "
                         "once, half the inference (default: preset; cpu uses mean)")
+    g.add_argument("--history", type=int, default=None,
+                   help="temporal reuse: each render becomes the running mean of its last N frames, "
+                        "reprojected to the current view; 1 turns it off (default: preset)")
     g.add_argument("--train-schedule", choices=["thread", "inline"], default=None,
                    help="thread: train beside the render loop; inline: in it, after each frame (default: preset)")
     g.add_argument("--crop", type=int, default=None, help="training crop side (default: preset)")
@@ -155,16 +160,17 @@ class Resolved:
     renders: int = 2
     target_spp: int | None = None
     pair: str = "both"
+    history: int = 1
 
     def to_dict(self) -> dict:
         return {"preset": self.preset.name, "model": self.model.to_dict(), "features": self.features.to_dict(),
                 "train": asdict(self.train), "spp": self.spp, "res": list(self.res),
                 "precision": asdict(self.precision), "renders": self.renders, "target_spp": self.target_spp,
-                "pair": self.pair}
+                "pair": self.pair, "history": self.history}
 
     def session_config(self, device, ring: int) -> SessionConfig:
         return SessionConfig(self.model, self.features, self.train, str(device), ring, precision=self.precision,
-                             pair=self.pair)
+                             pair=self.pair, temporal=TemporalConfig(history=self.history))
 
 
 def resolve(args: argparse.Namespace, device) -> Resolved:
@@ -229,7 +235,12 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     if args.path_fps <= 0:
         raise UserError(f"--path-fps {args.path_fps}: expected a positive number")
     pair = getattr(args, "pair", None) or preset.pair
-    return Resolved(preset, model, features, train, spp, parse_res(args.res), precision, renders, target_spp, pair)
+    history = getattr(args, "history", None)
+    history = preset.history if history is None else history
+    if history < 1:
+        raise UserError(f"--history {history}: expected at least 1 frame (1 turns temporal reuse off)")
+    return Resolved(preset, model, features, train, spp, parse_res(args.res), precision, renders, target_spp, pair,
+                    history)
 
 
 def prior_path(run: "Resolved", choice: str) -> Path | None:

@@ -135,7 +135,7 @@ def run_headless(session: Session, options: HeadlessOptions, checkpoint_name: st
         out=str(out),
     )
     if last is not None:
-        noisy = pair_average(last.frame)
+        noisy = pair_average(last.rendered)  # as rendered, before temporal reuse
         denoised = to_hwc_numpy(last.denoised)
         panels = [noisy, denoised]
         if options.reference_spp > 0 and not interrupted:

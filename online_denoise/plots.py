@@ -13,9 +13,10 @@ import numpy as np  # noqa: E402
 from .color import to_uint8  # noqa: E402
 from .files import atomic_write  # noqa: E402
 
-METHOD_STYLE = {"noisy": ("#999999", "noisy (pair average)"), "ours": ("#d95f02", "ours (live)"),
-                "oidn": ("#1b9e77", "OIDN balanced")}
-STAGE_COLORS = {"render": "#4c8fdb", "train": "#f28e2b", "infer": "#59a14f", "upload": "#b07aa1"}
+METHOD_STYLE = {"noisy": ("#999999", "noisy (pair average)"), "reused": ("#5a5a5a", "noisy after temporal reuse"),
+                "ours": ("#d95f02", "ours (live)"), "oidn": ("#1b9e77", "OIDN balanced"),
+                "oidn_reused": ("#7570b3", "OIDN on the reused input")}
+STAGE_COLORS = {"render": "#4c8fdb", "reuse": "#76b7b2", "train": "#f28e2b", "infer": "#59a14f", "upload": "#b07aa1"}
 METRIC_LABELS = {"psnr": "PSNR (dB, tonemapped) - higher is better", "relmse": "relMSE - lower is better",
                  "ssim": "SSIM - higher is better", "flip": "HDR-FLIP - lower is better"}
 
@@ -28,7 +29,7 @@ def _save(fig, path: Path) -> None:
 def stage_plot(path: Path, report: dict) -> None:
     """Stacked bar of the mean stage times, next to the measured frame time."""
     steady = report["timing"]["steady"]
-    stages = [s for s in ("render", "train", "infer", "upload") if s in steady]
+    stages = [s for s in STAGE_COLORS if s in steady]
     fig, ax = plt.subplots(figsize=(7, 2.6))
     left = 0.0
     for s in stages:

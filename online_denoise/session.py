@@ -25,6 +25,7 @@ from .metrics import error_estimate
 from .model import ModelConfig, build_model
 from .precision import Precision
 from .ring import RingBuffer
+from .temporal import TemporalConfig, TemporalReuse
 from .trainer import TrainConfig, Trainer
 
 
@@ -42,6 +43,9 @@ class SessionConfig:
     # still shows the mean's result), because the reference-free error estimate needs two independent
     # results; frames in between keep the last estimate.
     estimate_every: int = 10
+    # Each render's running mean over its reprojected past (temporal.py); history 1 turns it off. The
+    # denoiser, the ring and the error estimate all see the reused renders.
+    temporal: TemporalConfig = TemporalConfig()
 
     def __post_init__(self):
         if self.pair not in PAIR_MODES:
@@ -52,13 +56,15 @@ class SessionConfig:
 
 @dataclass
 class FrameResult:
-    frame: object  # renderer.Frame
+    frame: object  # renderer.Frame: what was denoised and trained on (the renders after temporal reuse)
     result: PairResult
-    timings: dict[str, float]  # ms: render, infer, train, frame
+    timings: dict[str, float]  # ms: render, reuse (when on), infer, train, frame
     estimate: dict[str, float]
     steps: int
     loss: float
     skipped_nonfinite: int
+    rendered: object  # renderer.Frame: the renders as they came out of the renderer (``frame`` without reuse)
+    history: float  # mean frames per pixel in the reused renders' running means (1 without reuse)
 
     @property
     def denoised(self) -> torch.Tensor:
@@ -77,6 +83,7 @@ class FrameResult:
             "noisy_mse_estimate": self.estimate.get("noisy_mse"),
             "estimate_frame": self.estimate.get("frame"),
             "skipped_nonfinite": self.skipped_nonfinite,
+            "history": round(self.history, 3),
         }
 
 
@@ -97,6 +104,7 @@ class Session:
                                with_target=rc.target_spp is not None)
         self.trainer = Trainer(model, config.features, self.ring, config.train, device, config.precision)
         self.denoiser = Denoiser(model_config, config.features, device, config.precision)
+        self.reuse = TemporalReuse(config.temporal, device) if config.temporal.enabled else None
         self._load_latest()
         self.frames = 0
         self._estimate: dict[str, float] = {}  # the latest error estimate, with the frame it was made on
@@ -120,7 +128,12 @@ class Session:
 
     def step(self, pose) -> FrameResult:
         self.trainer.check()
-        frame = self.renderer.render_pair(pose, self.frames)
+        rendered = self.renderer.render_pair(pose, self.frames)
+        frame, history = rendered, 1.0
+        t_reuse = time.perf_counter()
+        if self.reuse is not None:
+            frame, history = self.reuse.apply(rendered)
+            self._sync()
         t0 = time.perf_counter()
         self._load_latest()
         estimating = self.config.pair == "both" or self.frames % self.config.estimate_every == 0
@@ -135,7 +148,8 @@ class Session:
         self.trainer.notify_frame()  # inline schedule: the training steps run here
         end = time.perf_counter()
         timings = {
-            "render": frame.timings["render"],
+            "render": rendered.timings["render"],
+            **({"reuse": (t0 - t_reuse) * 1000} if self.reuse is not None else {}),
             "infer": (t1 - t0) * 1000,
             "train": self.trainer.take_busy_ms(),
             "frame": (end - self._last_end) * 1000,
@@ -143,7 +157,7 @@ class Session:
         self._last_end = end
         self.frames += 1
         return FrameResult(frame, result, timings, estimate, self.trainer.steps, self.trainer.last_loss,
-                           self.trainer.skipped_nonfinite)
+                           self.trainer.skipped_nonfinite, rendered, history)
 
     def set_training(self, enabled: bool) -> None:
         self.trainer.set_paused(not enabled)

@@ -17,6 +17,11 @@ class Frame:
     ``cuda_ad_rgb``. Colours are linear HDR and unclamped. ``color_b`` is None
     when the frame is a single render, and ``target`` is a high-spp render for
     clean-target training, when asked for.
+
+    ``position`` (world space, H x W x 3) and ``surface`` (the shape index,
+    H x W x 1) come from the aux pass and let a later frame find this one's
+    pixels. Both are pixel averages: 0 where nothing was hit, and a fractional
+    shape index where a pixel straddles two shapes.
     """
 
     color_a: Any
@@ -30,6 +35,8 @@ class Frame:
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds
     target: Any | None = None
     target_spp: int = 0
+    position: Any | None = None
+    surface: Any | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """The Mitsuba renderer: pairs of independent renders of one camera pose.
 
 Each frame is three passes: two colour renders with the scene's own integrator
-and distinct seeds, and an auxiliary pass (albedo, shading normal) with an
+and distinct seeds, and an auxiliary pass (albedo, shading normal, and the
+world position and shape index that temporal reuse reprojects with) with an
 ``aov`` integrator and a third seed. Measured at 256^2, 4 spp, on 2 cores:
 wrapping the path tracer in ``aov`` costs 145 ms per render, while the bare
 path tracer costs 68 ms and the separate AOV pass 7 ms. The separate pass is
@@ -90,7 +91,8 @@ class Renderer:
             raise SceneError(f"{self.scene_info.xml}: Mitsuba could not load it: {msg[-1] if msg else e}") from None
         self.sensor = self.scene.sensors()[0]
         self._color_integrator = self.scene.integrator()
-        self._aux_integrator = mi.load_dict({"type": "aov", "aovs": "albedo:albedo,nn:sh_normal"})
+        self._aux_integrator = mi.load_dict({"type": "aov",
+                                             "aovs": "albedo:albedo,nn:sh_normal,pos:position,si:shape_index"})
         self.keeps_jit_arrays = config.arrays == "dlpack" or (config.arrays == "auto" and self.variant.startswith("cuda"))
         if self.keeps_jit_arrays and self.variant.startswith("scalar"):
             raise RendererError("arrays 'dlpack' needs a JIT variant (cuda_ad_rgb or llvm_ad_rgb)")
@@ -239,7 +241,7 @@ class Renderer:
         albedo = self._clip(aux[:, :, 0:3], 0.0, 1.0)
         normal = aux[:, :, 3:6]
         return Frame(color_a, color_b, albedo, normal, pose, index, seeds, spp, timings, target,
-                     self.config.target_spp or 0)
+                     self.config.target_spp or 0, position=aux[:, :, 6:9], surface=aux[:, :, 9:10])
 
     def _render_passes(self, first_seed: int, spp: int):
         """A colour render of any spp, as passes of at most MAX_SPP_PER_PASS with consecutive seeds.

@@ -78,7 +78,8 @@ class FrameWorker:
             while not self._stop.is_set():
                 result = self.session.step(self.controller.pose)
                 frame = result.frame
-                buffers = {"denoised": to_hwc_numpy(result.denoised), "noisy": to_numpy(frame.color_a),
+                # "noisy" is render a as rendered: the reused running mean is the network's input, not a view.
+                buffers = {"denoised": to_hwc_numpy(result.denoised), "noisy": to_numpy(result.rendered.color_a),
                            "albedo": to_numpy(frame.albedo), "normal": to_numpy(frame.normal)}
                 record = result.record()
                 self._log.write(json.dumps(record) + "\n")

@@ -23,8 +23,8 @@ CONTROLS = (
     ("H", "this help"),
     ("Esc", "quit, saving the checkpoint"),
 )
-STAGES = ("render", "train", "infer", "upload")
-STAGE_COLORS = {"render": (0.3, 0.6, 1.0, 1.0), "train": (1.0, 0.55, 0.2, 1.0),
+STAGES = ("render", "reuse", "train", "infer", "upload")
+STAGE_COLORS = {"render": (0.3, 0.6, 1.0, 1.0), "reuse": (0.3, 0.85, 0.9, 1.0), "train": (1.0, 0.55, 0.2, 1.0),
                 "infer": (0.4, 0.85, 0.4, 1.0), "upload": (0.8, 0.5, 0.9, 1.0)}
 
 
