@@ -28,6 +28,14 @@ def test_pair_flag_overrides_the_preset():
     assert resolve(args, torch.device("cpu")).pair == "both"
 
 
+def test_history_flag_sets_temporal_reuse():
+    assert resolved("--history", "4").session_config("cpu", 16).temporal.history == 4
+    assert not resolved("--history", "1").session_config("cpu", 16).temporal.enabled
+    assert resolved("--history", "6").to_dict()["history"] == 6
+    with pytest.raises(UserError, match="--history 0"):
+        resolved("--history", "0")
+
+
 def test_network_flags_override_single_fields():
     run = resolved("--width", "24", "--scales", "4", "--kernel-size", "7")
     assert (run.model.width, run.model.scales, run.model.kernel_size, run.model.depth) == (24, 4, 7, 5)

@@ -10,6 +10,7 @@ from online_denoise.features import FeatureSpec
 from online_denoise.metrics import error_estimate
 from online_denoise.model import ModelConfig, UNet
 from online_denoise.session import Session, SessionConfig
+from online_denoise.temporal import TemporalConfig
 from online_denoise.trainer import TrainConfig, TrainerError
 
 MODEL = ModelConfig(width=8, depth=3, output="kpn")
@@ -51,6 +52,28 @@ def test_pair_mean_still_estimates_the_error_every_few_frames(tiny_renderer):
     for r in results[:2]:  # what is displayed is the mean's result, on estimate frames too
         expected = s.denoiser.denoise((r.frame.color_a + r.frame.color_b) / 2, r.frame.albedo, r.frame.normal)
         torch.testing.assert_close(r.denoised, expected)
+
+
+def test_temporal_reuse_feeds_the_denoiser_and_the_ring_but_keeps_the_render(tiny_renderer):
+    cfg = SessionConfig(MODEL, FeatureSpec(), TrainConfig(crop=32, batch=2), "cpu", 4, train_enabled=False,
+                        pair="mean", temporal=TemporalConfig(history=4))
+    s = Session(tiny_renderer, cfg)
+    try:
+        pose = tiny_renderer.initial_pose
+        results = [s.step(pose) for _ in range(5)]
+    finally:
+        s.close()
+    first, last = results[0], results[-1]
+    assert "reuse" in last.timings and last.timings["reuse"] >= 0
+    np.testing.assert_array_equal(np.asarray(first.frame.color_a), first.rendered.color_a)  # nothing to reuse yet
+    assert first.history == 1.0 and 2.0 < last.history <= 4.0 and last.record()["history"] == round(last.history, 3)
+    # A still camera: most pixels now hold the mean of several renders, which is what was denoised and stored.
+    reused, raw = np.asarray(last.frame.color_a), last.rendered.color_a
+    assert not np.allclose(reused, raw)
+    expected = s.denoiser.denoise((last.frame.color_a + last.frame.color_b) / 2, last.frame.albedo, last.frame.normal)
+    torch.testing.assert_close(last.denoised, expected)
+    stored = s.ring.color_a[(s.ring.pushed - 1) % s.ring.capacity]
+    torch.testing.assert_close(stored, torch.as_tensor(reused).permute(2, 0, 1))
 
 
 def test_session_config_refuses_unknown_pair_modes():

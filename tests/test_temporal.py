@@ -1,0 +1,219 @@
+"""Temporal reuse: reprojection, the running mean, and when history must restart."""
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from online_denoise.arrays import to_numpy
+from online_denoise.temporal import TemporalConfig, TemporalReuse, project
+from renderer.camera import Pose
+from renderer.frame import Frame
+
+H, W = 24, 32
+POSE = Pose.look_at((0.0, 0.0, 5.0), (0.0, 0.0, 0.0), fov=40.0)
+
+
+def plane_positions(pose: Pose, depth: np.ndarray | float = 5.0) -> np.ndarray:
+    """World points seen through each pixel centre at the given camera depth (the inverse of ``project``)."""
+    t = math.tan(math.radians(pose.fov) / 2)
+    gx = (np.arange(W) + 0.5) / W * 2 - 1
+    gy = (np.arange(H) + 0.5) / H * 2 - 1
+    gx, gy = np.meshgrid(gx, gy)
+    z = np.broadcast_to(np.asarray(depth, float), (H, W))
+    left, up = -gx * z * t, -gy * z * t * (H / W)
+    cam = np.stack([left, up, z], -1)
+    return (pose.position + cam @ pose.rotation.T).astype(np.float32)
+
+
+def frame(seed: int, pose: Pose = POSE, position=None, surface=None, albedo=None, index=0) -> Frame:
+    rng = np.random.default_rng(seed)
+    normal = np.zeros((H, W, 3), np.float32)
+    normal[..., 2] = 1.0
+    return Frame(rng.random((H, W, 3), dtype=np.float32), rng.random((H, W, 3), dtype=np.float32),
+                 np.full((H, W, 3), 0.5, np.float32) if albedo is None else albedo, normal, pose, index, {}, 2,
+                 position=plane_positions(pose) if position is None else position,
+                 surface=np.full((H, W, 1), 3.0, np.float32) if surface is None else surface)
+
+
+def history(n: int) -> TemporalReuse:
+    return TemporalReuse(TemporalConfig(history=n))
+
+
+def test_project_inverts_the_pixel_rays():
+    grid, depth = project(torch.from_numpy(plane_positions(POSE, 5.0)).permute(2, 0, 1)[None], POSE, H, W)
+    px = (grid[0, ..., 0].numpy() + 1) / 2 * W - 0.5
+    py = (grid[0, ..., 1].numpy() + 1) / 2 * H - 0.5
+    np.testing.assert_allclose(px, np.broadcast_to(np.arange(W), (H, W)), atol=1e-3)
+    np.testing.assert_allclose(py, np.broadcast_to(np.arange(H)[:, None], (H, W)), atol=1e-3)
+    np.testing.assert_allclose(depth.numpy(), 5.0, rtol=1e-5)
+
+
+def test_projection_matches_the_renderers_camera(tiny_renderer):
+    """Mitsuba's own positions, projected through the pose that rendered them, land on their pixel centres."""
+    f = tiny_renderer.render_pair(tiny_renderer.path.pose(3.0))
+    position = torch.from_numpy(to_numpy(f.position)).permute(2, 0, 1)[None]
+    grid, depth = project(position, f.pose, *f.shape)
+    h, w = f.shape
+    px = (grid[0, ..., 0].numpy() + 1) / 2 * w - 0.5
+    py = (grid[0, ..., 1].numpy() + 1) / 2 * h - 0.5
+    surface = to_numpy(f.surface)[..., 0]
+    # Pixels inside one shape (whole shape index, something hit); the 1-spp sample may sit anywhere in the pixel.
+    inside = (np.abs(surface - np.round(surface)) < 1e-3) & np.any(to_numpy(f.position) != 0, -1)
+    assert inside.mean() > 0.5
+    assert np.abs(px - np.arange(w))[inside].max() <= 0.5 + 1e-3
+    assert np.abs(py - np.arange(h)[:, None])[inside].max() <= 0.5 + 1e-3
+    assert (depth[0, 0].numpy()[inside] > 0).all()
+
+
+def test_a_still_camera_averages_up_to_the_history_then_keeps_a_moving_average():
+    reuse = history(3)
+    frames = [frame(seed) for seed in range(5)]
+    outs = [reuse.apply(f) for f in frames]
+    a = [f.color_a for f in frames]
+    np.testing.assert_allclose(to_numpy(outs[0][0].color_a), a[0])
+    np.testing.assert_allclose(to_numpy(outs[1][0].color_a), (a[0] + a[1]) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(outs[2][0].color_a), (a[0] + a[1] + a[2]) / 3, rtol=1e-5, atol=1e-6)
+    m3 = (a[0] + a[1] + a[2]) / 3
+    np.testing.assert_allclose(to_numpy(outs[3][0].color_a), m3 + (a[3] - m3) / 3, rtol=1e-5, atol=1e-6)
+    assert [round(o[1], 4) for o in outs] == [1.0, 2.0, 3.0, 3.0, 3.0]
+    # The raw frame is left as it was rendered.
+    np.testing.assert_array_equal(frames[3].color_a, a[3])
+
+
+def test_the_two_histories_never_mix():
+    reuse, other = history(4), history(4)
+    first, second = frame(1), frame(2)
+    changed = replace(second, color_b=second.color_b * 10)
+    out, _ = reuse.apply(first)
+    out, _ = reuse.apply(second)
+    other.apply(first)
+    alt, _ = other.apply(changed)
+    np.testing.assert_array_equal(to_numpy(out.color_a), to_numpy(alt.color_a))
+    assert not np.allclose(to_numpy(out.color_b), to_numpy(alt.color_b))
+
+
+@pytest.mark.parametrize("what", ["nearer", "surface", "albedo", "normal", "miss"])
+def test_history_restarts_where_the_surface_changed(what):
+    reuse = history(8)
+    first, second = frame(1), frame(2)
+    rows = slice(8, 16)
+    if what == "nearer":  # something moved in front: a disocclusion, seen from the old frame
+        depth = np.full((H, W), 5.0)
+        depth[rows] = 3.0
+        second = replace(second, position=plane_positions(POSE, depth))
+    elif what == "surface":
+        surface = second.surface.copy()
+        surface[rows] = 7.0
+        second = replace(second, surface=surface)
+    elif what == "albedo":
+        albedo = second.albedo.copy()
+        albedo[rows] = 0.9
+        second = replace(second, albedo=albedo)
+    elif what == "normal":
+        normal = second.normal.copy()
+        normal[rows] = (1.0, 0.0, 0.0)
+        second = replace(second, normal=normal)
+    else:  # the pixels now see nothing: no position to reproject
+        position = second.position.copy()
+        position[rows] = 0.0
+        second = replace(second, position=position)
+    reuse.apply(first)
+    out, _ = reuse.apply(second)
+    got = to_numpy(out.color_a)
+    # Inside the changed band (away from the bilinear footprint of its edges) only the new samples count.
+    np.testing.assert_array_equal(got[9:15], second.color_a[9:15])
+    np.testing.assert_allclose(got[:7], (first.color_a[:7] + second.color_a[:7]) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_pixels_straddling_two_shapes_are_not_reused():
+    reuse = history(8)
+    surface = np.full((H, W, 1), 3.0, np.float32)
+    surface[:, 10] = 3.5  # a silhouette pixel: half its samples on each shape
+    reuse.apply(frame(1, surface=surface))
+    second = frame(2, surface=surface)
+    out, _ = reuse.apply(second)
+    np.testing.assert_array_equal(to_numpy(out.color_a)[:, 10], second.color_a[:, 10])
+
+
+def test_a_camera_move_reads_the_history_where_the_surface_was():
+    """Slide the camera sideways over a textured plane: the history must follow the texture, not the pixels."""
+    u = np.linspace(0, 6 * np.pi, 400)
+
+    def texture(points):  # colour fixed to the world x coordinate
+        return np.repeat((2.0 + np.sin(np.interp(points[..., 0], np.linspace(-3, 3, 400), u)))[..., None], 3, -1)
+
+    moved = Pose(POSE.position + np.array([0.3, 0.0, 0.0]), POSE.rotation, POSE.fov)
+    p0, p1 = plane_positions(POSE), plane_positions(moved)
+    first = replace(frame(1), color_a=texture(p0).astype(np.float32), color_b=texture(p0).astype(np.float32))
+    # The new samples sit a little off the truth, so that a reused pixel (mean of old and new) shows.
+    new = (texture(p1) + 0.05).astype(np.float32)
+    second = replace(frame(2, pose=moved, position=p1), color_a=new, color_b=new)
+    reuse = history(2)
+    reuse.apply(first)
+    out, count = reuse.apply(second)
+    mean = to_numpy(out.color_a)
+    reused = np.abs(mean - new).max(-1) > 1e-4
+    old = 2 * mean - new  # what the history held at each reused pixel
+    expected = texture(p1)
+    assert reused[:, 4:-4].all() and 1.5 < count < 2.0  # the columns that came into view restart
+    assert np.abs(old - expected)[:, 4:-4].max() < 0.05
+    assert np.abs(first.color_a - expected)[:, 4:-4].max() > 0.5  # a lookup at the same pixel would be wrong
+
+
+def test_a_history_that_no_longer_matches_the_new_samples_restarts():
+    """Shading that moved while the geometry stayed (a reflection): the blocks whose level jumped restart."""
+    ones = np.ones((H, W, 3), np.float32)
+    rng = np.random.default_rng(0)
+    noisy = lambda level: (level * ones * rng.uniform(0.9, 1.1, (H, W, 3))).astype(np.float32)
+    reuse = history(8)
+    for _ in range(3):
+        reuse.apply(replace(frame(1), color_a=noisy(1.0), color_b=noisy(1.0)))
+    level = np.ones((H, W, 1), np.float32)
+    level[8:16, 8:16] = 3.0  # one whole 8 x 8 block brightened
+    new = noisy(1.0) * level
+    out, _ = reuse.apply(replace(frame(2), color_a=new, color_b=new))
+    got = to_numpy(out.color_a)
+    np.testing.assert_array_equal(got[8:16, 8:16], new[8:16, 8:16])
+    assert np.abs(got[:8] - 1.0).max() < 0.1 and np.abs(got[:8] - new[:8]).max() > 1e-3  # averaged elsewhere
+
+
+def test_a_nan_sample_does_not_live_on_in_the_history():
+    reuse = history(8)
+    bad = frame(1)
+    bad.color_a[5, 5] = np.nan
+    bad.color_b[6, 6] = np.inf
+    outs = [reuse.apply(f)[0] for f in (bad, frame(2), frame(3))]
+    for out in outs:
+        assert np.isfinite(to_numpy(out.color_a)).all() and np.isfinite(to_numpy(out.color_b)).all()
+
+
+def test_single_render_frames_and_a_new_resolution():
+    reuse = history(4)
+    single = replace(frame(1), color_b=None)
+    out, _ = reuse.apply(single)
+    assert out.color_b is None
+    out, count = reuse.apply(replace(frame(2), color_b=None))
+    assert count == 2.0
+    # A pair after single renders, or a new size, cannot use the old means: they restart.
+    out, count = reuse.apply(frame(3))
+    assert count == 1.0 and out.color_b is not None
+    assert reuse.apply(frame(4))[1] == 2.0
+    f = frame(5)
+    small = replace(f, **{k: getattr(f, k)[:16, :20] for k in ("color_a", "color_b", "albedo", "normal", "position",
+                                                               "surface")})
+    out, count = reuse.apply(small)
+    assert count == 1.0 and out.color_a.shape == (16, 20, 3)
+
+
+def test_frames_without_the_aux_positions_are_refused():
+    with pytest.raises(ValueError, match="position and surface"):
+        history(4).apply(replace(frame(1), position=None))
+
+
+@pytest.mark.parametrize("bad", [{"history": 0}, {"history": 2.5}, {"depth_tolerance": 0}, {"normal_cos": 2}])
+def test_config_refuses_nonsense(bad):
+    with pytest.raises(ValueError):
+        TemporalConfig(**bad)
