@@ -41,11 +41,11 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("cpu", "2-core CPU: width-16 U-Net, 4-scale 5x5 kernel-predicting head, 1 step of 8 crops per frame "
-                  "taken inline, 2 spp per render, starting from the shipped prior; the mean of the two renders "
-                  "is denoised once",
+                  "taken inline, 2 spp per render reused over up to 16 frames, starting from the shipped prior; "
+                  "the mean of the two renders is denoised once",
            ModelConfig(width=16, depth=5, output="kpn", kernel_size=5, scales=4),
            TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1, schedule="inline"), spp=2, prior="cpu.pt",
-           pair="mean"),
+           pair="mean", history=16),
     Preset("gpu", "CUDA: the paper's width-48 U-Net with the 3-scale kernel-predicting head, 8 steps per frame",
            ModelConfig(width=48, depth=5, output="kpn", kernel_size=5, scales=3),
            TrainConfig(lr=1e-3, batch=8, crop=128, steps_per_frame=8), spp=8),

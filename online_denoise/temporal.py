@@ -22,9 +22,12 @@ use only the aux buffers and its own samples, so the two running means stay
 independent of each other: Noise2Noise still gets an independent input and
 target, and the reference-free error estimate still holds.
 
-Measured on the cornell-box path (2 spp per render, 256^2): the pair's mean
-goes from 23.5 dB to 33.0 dB with a history of 16, and to 32.5 dB with 8.
-Resampling blur stops it there, so longer histories add little.
+Measured with the cpu preset (2 spp per render, 256^2, history 16, 120-s
+bench runs, at the last frame): the pair's mean goes from 22.9 to 31.5 dB on
+cornell-box, 13.7 to 24.3 dB on sunlit-room and 20.9 to 26.3 dB on
+glossy-metals. An offline prototype without the stale test reached 32.5 dB
+on cornell-box with a history of 8 and 33.0 dB with 32: bilinear resampling
+blurs each reuse a little, so longer histories add little.
 """
 
 from __future__ import annotations

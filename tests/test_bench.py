@@ -42,11 +42,13 @@ def test_every_report_file_is_written_with_finite_numbers(runs):
     report = json.loads((folder / "report.json").read_text())
     assert report["frames"] == 12 and report["warmup_frames"] == 2
     assert finite_numbers({k: v for k, v in report.items() if k not in ("config",)})
-    for stage in ("render", "train", "infer", "frame"):
+    for stage in ("render", "reuse", "train", "infer", "frame"):
         assert set(report["timing"]["steady"][stage]) == {"mean", "p50", "p95", "share"}
     assert [q["frame"] for q in report["quality"]["ours"]] == [0, 4, 8, 11]
-    for method in ("noisy", "ours", "oidn"):
+    # The cpu preset reuses samples over time: its input and OIDN on that input are judged too.
+    for method in ("noisy", "ours", "oidn", "reused", "oidn_reused"):
         assert set(report["final"][method]) >= {"psnr", "relmse", "ssim", "flip"}
+    assert 1.0 < report["history"] <= 16
     assert set(report["temporal"]) == {"frames", "noisy", "ours", "oidn", "reference"}
     assert "frames/s steady" in stdout and "PSNR dB" in stdout and "oidn" in stdout and "memory: RSS" in stdout
     mem = report["memory"]
@@ -54,7 +56,7 @@ def test_every_report_file_is_written_with_finite_numbers(runs):
     assert 100 < mem["rss_mb_first_steady"] <= mem["rss_mb_max"] <= mem["peak_rss_mb"] * 1.02
     assert "rss_mb" in (folder / "frames.csv").read_text().splitlines()[0]
     rows = (folder / "quality.csv").read_text().splitlines()
-    assert rows[0] == "frame,seconds,steps,method,psnr,relmse,ssim,flip" and len(rows) == 1 + 3 * 4
+    assert rows[0] == "frame,seconds,steps,method,psnr,relmse,ssim,flip" and len(rows) == 1 + 5 * 4
 
 
 def test_psnr_is_higher_for_a_less_noisy_input(runs):
@@ -62,6 +64,9 @@ def test_psnr_is_higher_for_a_less_noisy_input(runs):
     high = json.loads((runs["spp8"][0] / "report.json").read_text())["final"]["noisy"]
     assert high["psnr"] > low["psnr"] + 3
     assert high["relmse"] < low["relmse"] and high["flip"] < low["flip"]
+    # Temporal reuse averages each render over the frames that saw the same surface.
+    final = json.loads((runs["spp1"][0] / "report.json").read_text())["final"]
+    assert final["reused"]["psnr"] > final["noisy"]["psnr"] + 1
 
 
 def test_the_reference_cache_hits_on_the_second_run(runs):
@@ -90,7 +95,7 @@ def test_compare_refuses_files_that_are_not_reports(cli, tmp_path):
 
 def test_seconds_stops_the_loop(cli, tmp_path):
     proc = cli("bench", "--res", "32", "--spp", "1", "--frames", "100000", "--every", "50000", "--seconds", "3",
-               "--reference-spp", "16", "--static-frames", "0", "--cache-dir", tmp_path / "c", "--out", tmp_path / "o")
+               "--history", "1", "--reference-spp", "16", "--static-frames", "0", "--cache-dir", tmp_path / "c", "--out", tmp_path / "o")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert 1 <= report["frames"] < 100000 and report["loop_seconds"] < 20
@@ -98,6 +103,7 @@ def test_seconds_stops_the_loop(cli, tmp_path):
     # judged at frame 0 and where the budget stopped the loop
     assert report["final"]["ours"]["frame"] == report["frames"] - 1 > 0
     assert report["final"]["ours"]["seconds"] <= report["loop_seconds"]
+    assert "reused" not in report["final"] and "reuse" not in report["timing"]["steady"]  # --history 1: no reuse
 
 
 def test_reference_command_renders_then_reuses(cli, tmp_path):

@@ -20,6 +20,7 @@ def test_the_cpu_preset_as_shipped():
     assert run.train.schedule == "inline" and run.spp == 2
     assert prior_path(run, "auto") is not None
     assert run.pair == "mean" and run.session_config("cpu", 16).pair == "mean"
+    assert run.history == 16 and run.session_config("cpu", 16).temporal.enabled
 
 
 def test_pair_flag_overrides_the_preset():
