@@ -35,10 +35,11 @@ def test_headless_run_writes_its_files(cli, tmp_path):
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [l["frame"] for l in lines] == list(range(20))
     for l in lines:
-        assert set(l["ms"]) == {"render", "infer", "train", "frame"}
+        assert set(l["ms"]) == {"render", "reuse", "infer", "train", "frame"}  # the cpu preset reuses samples
         assert np.isfinite(l["estimate_mse"]) and l["weight_version"] <= l["steps"] + 1
+    assert lines[0]["history"] == 1.0 and lines[-1]["history"] > 1.0
     run = json.loads((out / "run.json").read_text())
-    assert run["config"]["preset"] == "cpu" and run["summary"]["frames"] == 20
+    assert run["config"]["preset"] == "cpu" and run["summary"]["frames"] == 20 and run["config"]["history"] == 16
     from PIL import Image
 
     strip = np.asarray(Image.open(out / "strip.png"))
