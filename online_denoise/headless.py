@@ -59,7 +59,8 @@ class Summary:
     def line(self, scene: str) -> str:
         ms = self.stage_ms
         frame = ms.get("frame", float("nan"))
-        shares = ", ".join(f"{k} {ms[k]:.0f} ms ({100 * ms[k] / frame:.0f}%)" for k in ("render", "train", "infer"))
+        shares = ", ".join(f"{k} {ms[k]:.0f} ms ({100 * ms[k] / frame:.0f}%)"
+                           for k in ("render", "reuse", "train", "infer") if k in ms)
         quality = ""
         if self.psnr_denoised is not None:
             quality = (f" | PSNR {self.psnr_denoised:.2f} dB denoised vs {self.psnr_noisy:.2f} dB noisy "
@@ -84,7 +85,8 @@ def _mean_of(values: list) -> float:
 def _stage_means(records: list[dict]) -> dict[str, float]:
     # The first frames compile kernels and fill the ring; they are not the loop's steady state.
     steady = records[min(len(records) - 1, max(1, len(records) // 10)):] if records else []
-    keys = ("render", "train", "infer", "frame")
+    reusing = bool(steady) and "reuse" in steady[0]["ms"]  # the stage exists only with temporal reuse on
+    keys = ("render",) + (("reuse",) if reusing else ()) + ("train", "infer", "frame")
     return {k: statistics.fmean(r["ms"][k] for r in steady) if steady else float("nan") for k in keys}
 
 

@@ -29,6 +29,7 @@ def test_headless_run_writes_its_files(cli, tmp_path):
                "--out", out, *TINY)
     assert proc.returncode == 0, proc.stderr
     assert "cornell-box: 20 frames" in proc.stdout and "frames/s" in proc.stdout and "PSNR" in proc.stdout
+    assert "reuse" in proc.stdout
     for name in ("metrics.jsonl", "strip.png", "model.pt", "run.json", "denoised.exr", "noisy.exr",
                  "reference.exr", "frames/denoised_0010.png", "frames/denoised_0020.exr"):
         assert (out / name).is_file(), name
