@@ -102,9 +102,6 @@ class TemporalReuse:
         self.device = torch.device(device)
         self._prev: dict | None = None
 
-    def reset(self) -> None:
-        self._prev = None
-
     def apply(self, frame):
         """The frame with each colour replaced by its reprojected running mean, and the mean history length."""
         if frame.position is None or frame.surface is None:
