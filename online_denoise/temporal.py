@@ -20,7 +20,8 @@ where the same run without reuse makes about 30.
 Render a and render b keep separate histories, and each one's decisions
 use only the aux buffers and its own samples, so the two running means stay
 independent of each other: Noise2Noise still gets an independent input and
-target, and the reference-free error estimate still holds.
+target, and the reference-free error estimate still holds, now measured
+against the reused renders' expectation (any lag reuse leaves is not in it).
 
 Measured with the cpu preset (2 spp per render, 256^2, history 16, 120-s
 bench runs, at the last frame): the pair's mean goes from 22.9 to 31.5 dB on
