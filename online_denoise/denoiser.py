@@ -18,7 +18,7 @@ import torch
 from .arrays import pad_to, to_chw, to_hwc_numpy
 from .color import autoexposure
 from .errors import UserError
-from .features import FeatureSpec, build_input, finite
+from .features import FeatureSpec, build_input, emitter_mask, finite
 from .files import atomic_write
 from .model import ModelConfig, build_model
 from .precision import Precision
@@ -62,11 +62,16 @@ def prepare_input(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor
 
 def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
                 albedo: torch.Tensor | None, normal: torch.Tensor | None,
-                exposure: torch.Tensor | float = 1.0, precision: Precision = Precision()) -> torch.Tensor:
-    """Linear HDR prediction, N x 3 x H x W (fp32), for N x 3 x H x W inputs of any size."""
+                exposure: torch.Tensor | float = 1.0, precision: Precision = Precision(),
+                emitter: torch.Tensor | None = None) -> torch.Tensor:
+    """Linear HDR prediction, N x 3 x H x W (fp32), for N x 3 x H x W inputs of any size.
+
+    ``emitter`` (N x 1 x H x W, from ``features.emitter_mask``) marks the
+    directly seen emitters that the kernels of other pixels must not gather.
+    """
     x, c, (h, w) = prepare_input(model, spec, color, albedo, normal, exposure, precision)
     with precision.autocast(x.device):
-        y = model(x, c)
+        y = model(x, c) if emitter is None else model(x, c, pad_to(emitter, model.alignment)[0])
     return y.float()[..., :h, :w] / exposure
 
 
@@ -95,16 +100,20 @@ class Denoiser:
 
     @torch.inference_mode()
     def denoise_batch(self, color: torch.Tensor, albedo: torch.Tensor | None, normal: torch.Tensor | None,
-                      exposure: float = 1.0) -> torch.Tensor:
+                      exposure: float = 1.0, emitter: torch.Tensor | None = None) -> torch.Tensor:
         y = run_network(self.model, self.spec, color.to(self.device), _opt(albedo, self.device),
-                        _opt(normal, self.device), exposure, self.precision)
+                        _opt(normal, self.device), exposure, self.precision, _opt(emitter, self.device))
         return y.clamp_min(0.0)
 
-    def denoise(self, color, albedo=None, normal=None) -> torch.Tensor:
-        """Denoise one H x W x 3 image; returns 1 x 3 x H x W linear HDR on the device."""
+    def denoise(self, color, albedo=None, normal=None, emission=None) -> torch.Tensor:
+        """Denoise one H x W x 3 image; returns 1 x 3 x H x W linear HDR on the device.
+
+        ``emission`` (H x W x 3, the directly seen emitters; optional) keeps
+        lights from bleeding into the surfaces around them.
+        """
         dev = self.device
         return self.denoise_batch(to_chw(color, dev), _opt_chw(albedo, dev), _opt_chw(normal, dev),
-                                  frame_exposure(self.spec, color))
+                                  frame_exposure(self.spec, color), _emitter(emission, dev))
 
     @torch.inference_mode()
     def denoise_tiled(self, color, albedo=None, normal=None, tile: int = 512, overlap: int = 96):
@@ -157,9 +166,10 @@ class Denoiser:
             colors = [(colors[0] + colors[1]) / 2] + (colors if each else [])
         color = torch.cat(colors)
         albedo, normal = _opt_chw(frame.albedo, dev), _opt_chw(frame.normal, dev)
+        emitter = _emitter(getattr(frame, "emission", None), dev)
         n = color.shape[0]
         out = self.denoise_batch(color, _expand(albedo, n), _expand(normal, n),
-                                 frame_exposure(self.spec, frame.color_a))
+                                 frame_exposure(self.spec, frame.color_a), _expand(emitter, n))
         if single:
             return PairResult(out, out, None, self.version)
         if mean:
@@ -182,6 +192,14 @@ def _opt(x, device):
 
 def _opt_chw(x, device):
     return None if x is None else to_chw(x, device)
+
+
+def _emitter(emission, device):
+    """The emitter mask, or None when no pixel sees an emitter (the network then filters plainly, faster)."""
+    if emission is None:
+        return None
+    mask = emitter_mask(to_chw(emission, device))
+    return mask if bool(mask.any()) else None
 
 
 def _crop(x, window):

@@ -64,3 +64,8 @@ def build_input(spec: FeatureSpec, color: torch.Tensor, albedo: torch.Tensor | N
         lo = 0.0 if name == "albedo" else -1.0
         parts.append(finite(buf).clamp(lo, 1.0))
     return torch.cat(parts, dim=1)
+
+
+def emitter_mask(emission: torch.Tensor) -> torch.Tensor:
+    """N x 1 x H x W: 1 where a pixel sees an emitter directly (any emission), else 0."""
+    return (finite(emission).amax(dim=1, keepdim=True) > 0).float()

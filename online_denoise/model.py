@@ -134,11 +134,14 @@ class UNet(nn.Module):
     def _act(x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(x, LEAKY_SLOPE)
 
-    def forward(self, x: torch.Tensor, color: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, color: torch.Tensor | None = None,
+                emitter: torch.Tensor | None = None) -> torch.Tensor:
         """Linear HDR N x 3 x H x W from features x, N x in_channels x H x W (multiples of ``alignment``).
 
         ``color`` is the noisy linear colour, N x 3 x H x W; the kpn head filters
-        it, the direct head ignores it.
+        it, the direct head ignores it. ``emitter`` (N x 1 x H x W, 1 on pixels
+        that see an emitter directly) keeps those pixels out of the kpn kernels
+        of every other pixel (``filter_around_emitters``).
         """
         act = self._act
         skips = [x]  # input
@@ -162,12 +165,15 @@ class UNet(nn.Module):
         if self.config.output == "direct":
             return x
         # Under autocast the logits arrive in bf16/fp16; softmax and filtering run in fp32.
-        color = color.float()
         k = self.config.kernel_size
-        if self.config.scales == 1:
-            return apply_kernels(color, x.float(), k)
         heads = [x.float()] + [head(decoded[-s]).float() for s, head in enumerate(self.scale_heads, start=1)]
-        return composite_scales(color, heads, k)
+
+        def kernels(images: torch.Tensor) -> torch.Tensor:
+            return apply_kernels(images, heads[0], k) if len(heads) == 1 else composite_scales(images, heads, k)
+
+        if emitter is None:
+            return kernels(color.float())
+        return filter_around_emitters(kernels, color.float(), emitter.float())
 
 
 def apply_kernels(color: torch.Tensor, logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -220,6 +226,29 @@ def composite_scales(color: torch.Tensor, heads: list[torch.Tensor], k: int) -> 
         a = torch.sigmoid(heads[s][:, k * k:k * k + 1])
         out = f + a * (_up(out) - _up(_down(f)))
     return out
+
+
+MIN_SURFACE_WEIGHT = 0.05  # below this share of surface taps, a pixel keeps its plain (unmasked) filtering
+
+
+def filter_around_emitters(kernels, color: torch.Tensor, emitter: torch.Tensor) -> torch.Tensor:
+    """Filter ``color`` so that no pixel off an emitter gathers from a pixel on one.
+
+    A directly seen light is 20-100x brighter than the surface beside it, so
+    any kernel weight on it lights up a halo, and the HDR loss, whose
+    denominator is the prediction, charges too bright much less than too dark.
+    The kernels are linear in what they filter, so one pass over
+    [colour * surface, surface, colour * emitter] gives both a normalised
+    convolution over surface pixels only, K(c s) / K(s), and the plain K(c) =
+    K(c s) + K(c e). Surface pixels take the first, unless nearly all their
+    weight sat on emitters; emitter pixels keep the second.
+    """
+    surface = 1.0 - emitter
+    out = kernels(torch.cat([color * surface, surface, color * emitter], dim=1))
+    on_surfaces, weight, on_emitters = out[:, 0:3], out[:, 3:4], out[:, 4:7]
+    plain = on_surfaces + on_emitters
+    masked = on_surfaces / weight.clamp_min(MIN_SURFACE_WEIGHT)
+    return torch.where((surface > 0.5) & (weight > MIN_SURFACE_WEIGHT), masked, plain)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,8 +1,9 @@
 """A fixed-size, preallocated ring of frame pairs, shared by the render loop and the trainer.
 
 Memory is allocated once: ``RingBuffer.bytes_for(capacity, h, w)``, which is
-capacity x 12 channels x H x W x 4 bytes (colour a and b, albedo, normal) plus
-a few bytes per slot. At 256^2 with 16 slots that is 50 MiB. Single-render
+capacity x 13 channels x H x W x 4 bytes (colour a and b, albedo, normal, and
+the mask of directly seen emitters) plus a few bytes per slot. At 256^2 with
+16 slots that is 54 MiB. Single-render
 targets store 9 channels a slot; a clean-target run stores 3 more.
 
 The producer never waits for the trainer: a push claims the oldest slot and
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .arrays import to_chw
-from .features import finite
+from .features import emitter_mask, finite
 
 @dataclass
 class TrainBatch:
@@ -31,6 +32,7 @@ class TrainBatch:
     target: torch.Tensor | None  # B x 3 x h x w: the clean render if stored, else the other render, else None
     albedo: torch.Tensor
     normal: torch.Tensor
+    emitter: torch.Tensor | None  # B x 1 x h x w, 1 on directly seen emitters; None: there are none
     exposure: torch.Tensor  # B x 1 x 1 x 1
     frames: list[int]  # sequence numbers of the frames the crops came from
 
@@ -51,6 +53,7 @@ class RingBuffer:
         self.target = torch.zeros(shape, device=self.device) if with_target else None
         self.albedo = torch.zeros(shape, device=self.device)
         self.normal = torch.zeros(shape, device=self.device)
+        self.emitter = torch.zeros((capacity, 1, height, width), device=self.device)
         self.exposure = [1.0] * capacity
         self._seq = [-1] * capacity  # sequence number held by each slot; -1: empty or being written
         self._gen = [0] * capacity  # bumped whenever a push claims the slot
@@ -61,12 +64,12 @@ class RingBuffer:
 
     @staticmethod
     def bytes_for(capacity: int, height: int, width: int, renders: int = 2, with_target: bool = False) -> int:
-        channels = 3 * renders + 6 + (3 if with_target else 0)
+        channels = 3 * renders + 7 + (3 if with_target else 0)
         return capacity * channels * height * width * 4
 
     def _buffers(self) -> list[tuple[str, torch.Tensor]]:
         named = [("color_a", self.color_a), ("color_b", self.color_b), ("target", self.target),
-                 ("albedo", self.albedo), ("normal", self.normal)]
+                 ("albedo", self.albedo), ("normal", self.normal), ("emitter", self.emitter)]
         return [(n, t) for n, t in named if t is not None]
 
     @property
@@ -82,7 +85,11 @@ class RingBuffer:
             return sum(s >= 0 for s in self._seq)
 
     def push(self, frame, exposure: float = 1.0) -> int:
-        """Store a frame (color_a, color_b, albedo, normal: H x W x 3) and return its sequence number."""
+        """Store a frame (color_a, color_b, albedo, normal: H x W x 3) and return its sequence number.
+
+        The frame's ``emission`` (H x W x 3), if it has one, is stored as the
+        emitter mask; without one no pixel counts as an emitter.
+        """
         if tuple(frame.color_a.shape[:2]) != (self.height, self.width):
             raise ValueError(f"frame is {tuple(frame.color_a.shape[:2])}, ring holds {(self.height, self.width)}")
         with self._lock:
@@ -93,6 +100,13 @@ class RingBuffer:
             self._gen[slot] += 1
         bad = 0
         for name, dst in self._buffers():
+            if name == "emitter":
+                emission = getattr(frame, "emission", None)
+                if emission is None:
+                    dst[slot].zero_()
+                else:
+                    dst[slot].copy_(emitter_mask(to_chw(emission, self.device))[0])
+                continue
             src = getattr(frame, name, None)
             if src is None:
                 raise ValueError(f"this ring stores {name}, but the frame has none")
@@ -125,15 +139,17 @@ class RingBuffer:
             copies = [self._copy_crop(slot, ch, cw) + (slot, gen, seq, exposure)
                       for slot, gen, seq, exposure in claimed]
             with self._lock:
-                crops += [c for c in copies if self._gen[c[4]] == c[5]]  # drop crops a push tore
+                crops += [c for c in copies if self._gen[c[5]] == c[6]]  # drop crops a push tore
             if len(crops) == batch:
                 break
         if len(crops) < batch:
             raise RuntimeError(f"ring buffer: could not copy {batch} untorn crops in {max_tries} tries")
-        inputs, albedos, normals = (torch.stack([c[i] for c in crops]) for i in (0, 2, 3))
+        inputs, albedos, normals, emitters = (torch.stack([c[i] for c in crops]) for i in (0, 2, 3, 4))
         targets = None if crops[0][1] is None else torch.stack([c[1] for c in crops])
-        exposure = torch.tensor([c[7] for c in crops], device=self.device).view(-1, 1, 1, 1)
-        return TrainBatch(inputs, targets, albedos, normals, exposure, [c[6] for c in crops])
+        if not bool(emitters.any()):
+            emitters = None  # most crops miss the lights; the plain filter then runs on 3 channels, not 7
+        exposure = torch.tensor([c[8] for c in crops], device=self.device).view(-1, 1, 1, 1)
+        return TrainBatch(inputs, targets, albedos, normals, emitters, exposure, [c[7] for c in crops])
 
     def _copy_crop(self, slot: int, ch: int, cw: int) -> tuple[torch.Tensor, ...]:
         rng = self._rng
@@ -145,4 +161,4 @@ class RingBuffer:
             a, b = b, a
         target = self.target[win] if self.target is not None else b
         return (a.clone(), None if target is None else target.clone(), self.albedo[win].clone(),
-                self.normal[win].clone())
+                self.normal[win].clone(), self.emitter[win].clone())

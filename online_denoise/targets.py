@@ -44,7 +44,7 @@ class Paired(Objective):
         if batch.target is None:
             raise RuntimeError(f"target {self.name} needs a second render or a clean render in the ring")
         pred = run_network(trainer.model, trainer.spec, batch.input, batch.albedo, batch.normal, batch.exposure,
-                           trainer.precision)
+                           trainer.precision, batch.emitter)
         return trainer.loss_fn(pred, batch.target)
 
 
@@ -62,7 +62,7 @@ class GR2R(Objective):
     def loss(self, trainer, batch) -> torch.Tensor:
         def f(color):
             return run_network(trainer.model, trainer.spec, color, batch.albedo, batch.normal, batch.exposure,
-                               trainer.precision)
+                               trainer.precision, batch.emitter)
 
         y = batch.input
         with torch.no_grad():

@@ -22,6 +22,10 @@ class Frame:
     H x W x 1) come from the aux pass and let a later frame find this one's
     pixels. Both are pixel averages: 0 where nothing was hit, and a fractional
     shape index where a pixel straddles two shapes.
+
+    ``emission`` (H x W x 3, also from the aux pass) is the radiance of the
+    emitters the camera sees directly, lights and the environment: nonzero
+    wherever any aux sample of the pixel hit one.
     """
 
     color_a: Any
@@ -37,6 +41,7 @@ class Frame:
     target_spp: int = 0
     position: Any | None = None
     surface: Any | None = None
+    emission: Any | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -1,14 +1,14 @@
 """The Mitsuba renderer: pairs of independent renders of one camera pose.
 
 Each frame is three passes: two colour renders with the scene's own integrator
-and distinct seeds, and an auxiliary pass (albedo, shading normal, and the
-world position and shape index that temporal reuse reprojects with) with an
-``aov`` integrator and a third seed. Measured at 256^2, 4 spp, on 2 cores:
-wrapping the path tracer in ``aov`` costs 145 ms per render, while the bare
-path tracer costs 68 ms and the separate AOV pass 7 ms. The separate pass is
-also more correct for Noise2Noise: AOVs taken from render b share its pixel
-sample positions, so at edges they would carry b's noise into the input of a
-network whose target is b.
+and distinct seeds, and an auxiliary pass (albedo, shading normal, the world
+position and shape index that temporal reuse reprojects with, and the directly
+seen emission) from ``aux.py``'s integrator and a third seed. Measured at
+256^2, 4 spp, on 2 cores: wrapping the path tracer in ``aov`` costs 145 ms per
+render, while the bare path tracer costs 68 ms and the separate AOV pass 7 ms.
+The separate pass is also more correct for Noise2Noise: AOVs taken from render
+b share its pixel sample positions, so at edges they would carry b's noise
+into the input of a network whose target is b.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import aux as aux_pass
 from .camera import CameraPath, Pose, load_path, orbit_path
 from .errors import RendererError
 from .frame import Frame
@@ -91,8 +92,7 @@ class Renderer:
             raise SceneError(f"{self.scene_info.xml}: Mitsuba could not load it: {msg[-1] if msg else e}") from None
         self.sensor = self.scene.sensors()[0]
         self._color_integrator = self.scene.integrator()
-        self._aux_integrator = mi.load_dict({"type": "aov",
-                                             "aovs": "albedo:albedo,nn:sh_normal,pos:position,si:shape_index"})
+        self._aux_integrator = mi.load_dict(aux_pass.integrator(mi))
         self.keeps_jit_arrays = config.arrays == "dlpack" or (config.arrays == "auto" and self.variant.startswith("cuda"))
         if self.keeps_jit_arrays and self.variant.startswith("scalar"):
             raise RendererError("arrays 'dlpack' needs a JIT variant (cuda_ad_rgb or llvm_ad_rgb)")
@@ -238,10 +238,10 @@ class Renderer:
             timings["render_target"] = (time.perf_counter() - t0) * ms
         timings["render"] = (time.perf_counter() - t_start) * ms
         # The albedo AOV is unbounded on rough conductors (60 was seen) and 0 on glass.
-        albedo = self._clip(aux[:, :, 0:3], 0.0, 1.0)
-        normal = aux[:, :, 3:6]
-        return Frame(color_a, color_b, albedo, normal, pose, index, seeds, spp, timings, target,
-                     self.config.target_spp or 0, position=aux[:, :, 6:9], surface=aux[:, :, 9:10])
+        albedo = self._clip(aux[:, :, aux_pass.ALBEDO], 0.0, 1.0)
+        return Frame(color_a, color_b, albedo, aux[:, :, aux_pass.NORMAL], pose, index, seeds, spp, timings,
+                     target, self.config.target_spp or 0, position=aux[:, :, aux_pass.POSITION],
+                     surface=aux[:, :, aux_pass.SHAPE], emission=aux[:, :, aux_pass.EMISSION])
 
     def _render_passes(self, first_seed: int, spp: int):
         """A colour render of any spp, as passes of at most MAX_SPP_PER_PASS with consecutive seeds.

@@ -39,6 +39,24 @@ def test_pair_mean_denoises_the_average_of_the_renders_once(frame_factory):
         d.denoise_pair(f, "median")
 
 
+def test_a_frames_emission_keeps_its_lights_out_of_the_surfaces_beside_them(frame_factory):
+    torch.manual_seed(0)
+    f = frame_factory(40, 24)
+    f.emission = np.zeros((40, 24, 3), np.float32)
+    f.emission[16:24, 8:16] = 30.0
+    f.color_a[16:24, 8:16] += 30.0
+    f.color_b[16:24, 8:16] += 30.0
+    d = Denoiser(CFG, SPEC)
+    masked = d.denoise_pair(f, "mean").denoised
+    torch.testing.assert_close(masked, d.denoise((f.color_a + f.color_b) / 2, f.albedo, f.normal, f.emission))
+    plain = d.denoise((f.color_a + f.color_b) / 2, f.albedo, f.normal)
+    beside = (slice(None), slice(None), slice(14, 26), slice(6, 8))  # two columns left of the light
+    assert plain[beside].max() > 2.0 and masked[beside].max() < 1.5  # the surfaces are about 0.5
+    f.emission[:] = 0.0  # nothing emits: the same as no emission buffer
+    torch.testing.assert_close(d.denoise_pair(f, "mean").denoised,
+                               d.denoise((f.color_a + f.color_b) / 2, f.albedo, f.normal))
+
+
 def test_pair_mode_of_a_single_render_frame_is_that_render(frame_factory):
     f = frame_factory(32, 32)
     f.color_b = None

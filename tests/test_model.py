@@ -3,6 +3,7 @@ import torch
 
 from online_denoise.arrays import pad_to
 from online_denoise.config import PRESETS
+from online_denoise.features import emitter_mask
 from online_denoise.model import ModelConfig, UNet, apply_kernels, count_parameters
 
 
@@ -64,6 +65,61 @@ def test_kpn_with_one_hot_kernel_is_identity():
     logits = torch.full((1, 9, 8, 8), -1e4)
     logits[:, 4] = 0  # centre tap of a 3x3 kernel
     torch.testing.assert_close(apply_kernels(color, logits, 3), color)
+
+
+def _light_in_a_flat_ceiling(n=2, size=32):
+    color = torch.full((n, 3, size, size), 0.5)
+    emitter = torch.zeros(n, 1, size, size)
+    emitter[..., 12:20, 12:20] = 1
+    return color + 40 * emitter, emitter
+
+
+@pytest.mark.parametrize("scales", [1, 3])
+def test_kernels_never_gather_light_into_the_surfaces_around_it(scales):
+    torch.manual_seed(0)
+    m = UNet(ModelConfig(width=8, depth=3, output="kpn", scales=scales))
+    color, emitter = _light_in_a_flat_ceiling()
+    x = torch.rand(2, 9, 32, 32)
+    with torch.no_grad():
+        plain, masked = m(x, color), m(x, color, emitter)
+    surface = emitter[0, 0] == 0
+    beside = torch.zeros(32, 32, dtype=torch.bool)
+    beside[10:22, 10:22] = True
+    beside &= surface  # the two pixels around the light
+    # A normalised convolution of the flat surface is the surface itself, right beside the light too...
+    torch.testing.assert_close(masked[:, :, surface], torch.full_like(masked[:, :, surface], 0.5))
+    # ...where the plain kernels light up a halo.
+    assert plain[:, :, beside].max() > 1.0
+    # The light itself keeps the plain filtering.
+    torch.testing.assert_close(masked[:, :, ~surface], plain[:, :, ~surface])
+
+
+def test_an_empty_emitter_mask_changes_nothing():
+    torch.manual_seed(0)
+    m = UNet(ModelConfig(width=8, depth=3, output="kpn", scales=2))
+    x, color = torch.rand(1, 9, 32, 32), torch.rand(1, 3, 32, 32) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, color, torch.zeros(1, 1, 32, 32)), m(x, color), rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_flow_through_the_masked_filter():
+    torch.manual_seed(0)
+    m = UNet(ModelConfig(width=8, depth=3, output="kpn", scales=2))
+    color, emitter = _light_in_a_flat_ceiling(1)
+    m(torch.rand(1, 9, 32, 32), color + torch.rand_like(color), emitter).mean().backward()
+    grads = [p.grad for p in m.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert m.out.weight.grad.abs().sum() > 0
+
+
+def test_emitter_mask_marks_any_emission_and_ignores_nan():
+    emission = torch.zeros(1, 3, 2, 3)
+    emission[0, 2, 0, 0] = 0.01  # blue only still counts
+    emission[0, :, 1, 2] = 5.0
+    emission[0, 0, 0, 1] = float("nan")
+    mask = emitter_mask(emission)
+    assert mask.shape == (1, 1, 2, 3)
+    assert mask[0, 0].tolist() == [[1, 0, 0], [0, 0, 1]]
 
 
 def test_invalid_configs():

@@ -38,6 +38,44 @@ def test_albedo_is_clamped_and_normals_are_unit_where_geometry_is_hit(tiny_rende
     np.testing.assert_allclose(n[hit], 1.0, atol=1e-3)  # 1 spp: one sample per pixel
 
 
+def test_emission_is_the_light_where_the_camera_sees_it_and_zero_elsewhere(tiny_renderer):
+    f = tiny_renderer.render_pair(tiny_renderer.initial_pose)
+    assert f.emission.shape == (32, 32, 3) and f.emission.dtype == np.float32
+    lit = f.emission.max(-1) > 0
+    assert 0 < lit.sum() < 0.1 * lit.size  # the ceiling light, seen from below
+    # 1 spp: each pixel is one sample, so it saw the light's radiance (scene.xml) or nothing.
+    np.testing.assert_allclose(f.emission[lit], np.broadcast_to([18.387, 13.9873, 6.75357], (lit.sum(), 3)),
+                               rtol=1e-4)
+    assert f.color_a[lit].mean() > 10 * f.color_a[~lit].mean()
+
+
+def test_the_aux_pass_matches_mitsubas_aov_integrator(tiny_renderer):
+    """One intersection gives what the aov integrator with a first-hit path tracer inside gives with two."""
+    from renderer import aux
+
+    r = tiny_renderer
+    r.set_pose(r.initial_pose)
+    reference = r._mi.load_dict({"type": "aov", "aovs": aux.AOVS, "integrator": {"type": "path", "max_depth": 1}})
+    ours = np.asarray(r._aux_integrator.render(r.scene, r.sensor, seed=5, spp=2))
+    theirs = np.asarray(reference.render(r.scene, r.sensor, seed=5, spp=2))
+    assert ours.shape == theirs.shape == (32, 32, 13)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_emission_includes_the_environment_where_rays_leave_the_scene(tmp_path):
+    xml = tmp_path / "ball.xml"
+    xml.write_text('<scene version="3.0.0"><emitter type="constant"><rgb name="radiance" value="0.25"/></emitter>'
+                   '<sensor type="perspective"><transform name="to_world">'
+                   '<lookat origin="0, 0, 6" target="0, 0, 0" up="0, 1, 0"/></transform></sensor>'
+                   '<shape type="sphere"><float name="radius" value="1"/></shape></scene>')
+    r = Renderer(RenderConfig(scene=str(xml), width=16, height=16, spp=1))
+    f = r.render_pair(r.initial_pose)
+    hit = np.linalg.norm(f.normal, axis=-1) > 0.5
+    assert 0 < hit.sum() < hit.size
+    assert np.all(f.emission[hit] == 0)  # the sphere reflects the sky but does not emit
+    np.testing.assert_allclose(f.emission[~hit], 0.25, rtol=1e-5)
+
+
 def test_the_two_renders_are_independent():
     """Correlation of the two renders' errors, averaged over 20 pairs, is zero.
 
@@ -219,7 +257,7 @@ def test_scalar_fallback_renders(tmp_path):
     code = ("from renderer import Renderer, RenderConfig\n"
             "r = Renderer(RenderConfig(width=8, height=8, spp=1, variant='scalar_rgb'))\n"
             "f = r.render_pair(r.initial_pose)\n"
-            "assert f.color_a.shape == (8, 8, 3) and f.albedo.max() <= 1\n"
+            "assert f.color_a.shape == f.emission.shape == (8, 8, 3) and f.albedo.max() <= 1\n"
             "print(r.variant)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={**os.environ})

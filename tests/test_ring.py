@@ -18,7 +18,7 @@ def const_frame(value, h=16, w=16):
 
 def test_memory_bound_is_what_is_allocated():
     ring = RingBuffer(5, 24, 40)
-    assert ring.nbytes == RingBuffer.bytes_for(5, 24, 40) == 5 * 12 * 24 * 40 * 4
+    assert ring.nbytes == RingBuffer.bytes_for(5, 24, 40) == 5 * 13 * 24 * 40 * 4
 
 
 def test_push_overwrites_the_oldest():
@@ -103,3 +103,21 @@ def test_hammered_from_two_threads_every_crop_comes_from_one_whole_frame():
     threads[0].join(timeout=30)
     assert not errors, errors[0]
     assert ring.pushed >= 200
+
+
+def test_crops_carry_the_emitter_mask_and_none_without_emitters():
+    ring = RingBuffer(2, 16, 16, seed=1)
+    lit = const_frame(1.0)
+    lit.emission = np.zeros((16, 16, 3), np.float32)
+    lit.emission[:, 8:] = 20.0  # a light filling the right half
+    ring.push(lit)
+    for _ in range(20):
+        b = ring.sample(2, 16)
+        assert b.emitter.shape == (2, 1, 16, 16)
+        assert b.emitter[..., :8].sum() == 0 and bool((b.emitter[..., 8:] == 1).all())
+    dark = RingBuffer(1, 16, 16)
+    dark.push(const_frame(1.0))  # a frame with no emission buffer at all
+    assert dark.sample(2, 8).emitter is None
+    lit.emission[:] = 0.0  # an emission buffer with nothing in view
+    dark.push(lit)
+    assert dark.sample(2, 8).emitter is None
