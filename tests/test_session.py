@@ -50,7 +50,8 @@ def test_pair_mean_still_estimates_the_error_every_few_frames(tiny_renderer):
     assert [r.record()["estimate_frame"] for r in results] == [0, 0, 0, 3, 3, 3, 6]
     assert all(np.isfinite(r.record()["estimate_mse"]) for r in results)
     for r in results[:2]:  # what is displayed is the mean's result, on estimate frames too
-        expected = s.denoiser.denoise((r.frame.color_a + r.frame.color_b) / 2, r.frame.albedo, r.frame.normal)
+        expected = s.denoiser.denoise((r.frame.color_a + r.frame.color_b) / 2, r.frame.albedo, r.frame.normal,
+                                      r.frame.emission)
         torch.testing.assert_close(r.denoised, expected)
 
 
@@ -70,7 +71,8 @@ def test_temporal_reuse_feeds_the_denoiser_and_the_ring_but_keeps_the_render(tin
     # A still camera: most pixels now hold the mean of several renders, which is what was denoised and stored.
     reused, raw = np.asarray(last.frame.color_a), last.rendered.color_a
     assert not np.allclose(reused, raw)
-    expected = s.denoiser.denoise((last.frame.color_a + last.frame.color_b) / 2, last.frame.albedo, last.frame.normal)
+    expected = s.denoiser.denoise((last.frame.color_a + last.frame.color_b) / 2, last.frame.albedo, last.frame.normal,
+                                  last.frame.emission)
     torch.testing.assert_close(last.denoised, expected)
     stored = s.ring.color_a[(s.ring.pushed - 1) % s.ring.capacity]
     torch.testing.assert_close(stored, torch.as_tensor(reused).permute(2, 0, 1))
