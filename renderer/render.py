@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import aux as aux_pass
+from . import workers
 from .camera import CameraPath, Pose, load_path, orbit_path
 from .errors import RendererError
 from .frame import Frame
@@ -48,6 +49,9 @@ class RenderConfig:
     path: str | None = None  # camera path JSON; None: the scene's path.json, else an orbit
     arrays: str = "auto"  # "numpy", or "dlpack" (drjit tensors for zero-copy torch); auto: dlpack on CUDA
     threads: int | None = None  # drjit's CPU worker threads (LLVM variant); None: one per core
+    # Nice value for those workers (LLVM variant): their idle polling after each render then yields to
+    # the torch work that follows it (workers.py). None: leave them as they are.
+    worker_nice: int | None = 10
     renders: int = 2  # colour renders per frame: 2 (a pair, for Noise2Noise) or 1
     target_spp: int | None = None  # also render a clean target at this spp (clean-target training)
     # Record each pass once with dr.freeze and replay it: no Python tracing or kernel-cache lookups per
@@ -100,6 +104,7 @@ class Renderer:
         if self.freezes and self.variant.startswith("scalar"):
             raise RendererError("frozen renders need a JIT variant (cuda_ad_rgb or llvm_ad_rgb)")
         self._frozen: dict[tuple[int, int], object] = {}
+        self._workers_niced = False
         self._params = mi.traverse(self.scene)
         self._sensor_key = self._find_sensor_key()
         self._next_seed = config.seed * SEEDS_PER_SESSION
@@ -237,11 +242,19 @@ class Renderer:
             target = self._render_passes(seeds["target"], self.config.target_spp)
             timings["render_target"] = (time.perf_counter() - t0) * ms
         timings["render"] = (time.perf_counter() - t_start) * ms
+        self._lower_worker_priority()
         # The albedo AOV is unbounded on rough conductors (60 was seen) and 0 on glass.
         albedo = self._clip(aux[:, :, aux_pass.ALBEDO], 0.0, 1.0)
         return Frame(color_a, color_b, albedo, aux[:, :, aux_pass.NORMAL], pose, index, seeds, spp, timings,
                      target, self.config.target_spp or 0, position=aux[:, :, aux_pass.POSITION],
                      surface=aux[:, :, aux_pass.SHAPE], emission=aux[:, :, aux_pass.EMISSION])
+
+    def _lower_worker_priority(self) -> None:
+        """Once, after the first render has started Dr.Jit's thread pool."""
+        if self._workers_niced or self.config.worker_nice is None or not self.variant.startswith("llvm"):
+            return
+        workers.lower_priority(workers.worker_threads(), self.config.worker_nice)
+        self._workers_niced = True
 
     def _render_passes(self, first_seed: int, spp: int):
         """A colour render of any spp, as passes of at most MAX_SPP_PER_PASS with consecutive seeds.

@@ -112,14 +112,16 @@ def test_gradients_flow_through_the_masked_filter():
     assert m.out.weight.grad.abs().sum() > 0
 
 
-def test_emitter_mask_marks_any_emission_and_ignores_nan():
+def test_emitter_mask_marks_bright_emission_and_ignores_nan():
     emission = torch.zeros(1, 3, 2, 3)
-    emission[0, 2, 0, 0] = 0.01  # blue only still counts
-    emission[0, :, 1, 2] = 5.0
+    emission[0, 2, 0, 0] = 1.5  # blue only still counts
+    emission[0, :, 1, 2] = 18.0  # a light
+    emission[0, :, 1, 1] = 9.0  # half a pixel of it
+    emission[0, :, 1, 0] = 0.9  # a sky in the range of the surfaces it lights
     emission[0, 0, 0, 1] = float("nan")
     mask = emitter_mask(emission)
     assert mask.shape == (1, 1, 2, 3)
-    assert mask[0, 0].tolist() == [[1, 0, 0], [0, 0, 1]]
+    assert mask[0, 0].tolist() == [[1, 0, 0], [0, 1, 1]]
 
 
 def test_invalid_configs():

@@ -263,3 +263,37 @@ def test_scalar_fallback_renders(tmp_path):
                          env={**os.environ})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "scalar_rgb"
+
+
+def test_drjit_workers_yield_to_the_work_after_a_render(tiny_renderer):
+    from renderer import workers
+
+    tiny_renderer.render_pair(tiny_renderer.initial_pose)
+    tids = workers.worker_threads()
+    assert tids, "Dr.Jit's LLVM variant runs a worker pool"
+    assert all(os.getpriority(os.PRIO_PROCESS, t) >= tiny_renderer.config.worker_nice for t in tids)
+
+
+def test_worker_priority_is_only_ever_lowered():
+    import threading
+
+    from renderer import workers
+
+    started, done = threading.Event(), threading.Event()
+    ids = []
+
+    def idle():
+        ids.append(threading.get_native_id())
+        started.set()
+        done.wait(10)
+
+    t = threading.Thread(target=idle)
+    t.start()
+    try:
+        started.wait(10)
+        assert workers.lower_priority(ids, 5) == ids and os.getpriority(os.PRIO_PROCESS, ids[0]) == 5
+        assert workers.lower_priority(ids, 3) == [] and os.getpriority(os.PRIO_PROCESS, ids[0]) == 5
+        assert workers.lower_priority([2 ** 30], 5) == []  # no such thread: skipped
+    finally:
+        done.set()
+        t.join()
