@@ -5,8 +5,8 @@ queue for a while before they sleep. On 2 cores that steals the CPU from
 whatever runs right after a render: temporal reuse measured 20-27 ms straight
 after a Cornell-box render pair and 9.7 ms once the workers had gone to sleep.
 With the workers at nice 10, the spinning yields to the torch threads, and
-reuse took 9.8 ms right after the render; the render itself did not get
-slower (79.1 against 78.8 ms), since nothing else wants the cores while it runs.
+reuse took 9.7-9.8 ms right after the render; the render itself did not get
+slower (75-79 ms either way), since nothing else wants the cores while it runs.
 """
 
 from __future__ import annotations
