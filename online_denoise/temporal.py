@@ -7,7 +7,11 @@ previous camera, the previous running mean is read there, and the new render
 is blended in with weight 1/n, where n counts the frames the pixel has been
 seen, up to ``history``. Where the old pixel was something else (a
 disocclusion, a silhouette, another shape, another material, or off screen)
-the history restarts at n = 1.
+the history restarts at n = 1. So does every pixel within one pixel of a
+bright emitter (``features.emitter_mask``): the aux pass's samples can miss a
+light's edge where a colour render's sample hit it, and that spike, half the
+light's radiance, then lived on in the running mean for up to ``history``
+frames and was resampled into the ceiling around it.
 
 Shading that depends on the view (a glossy floor reflecting the sky) moves
 across surfaces that stay put, so the geometry tests pass while the history
@@ -41,7 +45,7 @@ import torch.nn.functional as F
 
 from .arrays import to_chw
 from .color import luminance
-from .features import finite
+from .features import emitter_mask, finite
 
 
 @dataclass(frozen=True)
@@ -115,8 +119,12 @@ class TemporalReuse:
         albedo = to_chw(frame.albedo, dev)
         normal = to_chw(frame.normal, dev)
         h, w = position.shape[-2:]
-        # A pixel is reusable only if all of its samples hit one and the same shape.
+        # A pixel is reusable only if all of its samples hit one and the same shape, away from any light.
         solid = (position != 0).any(1, keepdim=True) & ((surface - surface.round()).abs() < 1e-3)
+        emission = getattr(frame, "emission", None)
+        if emission is not None:
+            near_light = F.max_pool2d(emitter_mask(to_chw(emission, dev)), 3, stride=1, padding=1) > 0
+            solid &= ~near_light
         depth = camera_coordinates(position, frame.pose)[:, 2:3]
 
         prev = self._prev

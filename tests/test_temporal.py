@@ -138,6 +138,24 @@ def test_pixels_straddling_two_shapes_are_not_reused():
     np.testing.assert_array_equal(to_numpy(out.color_a)[:, 10], second.color_a[:, 10])
 
 
+def test_pixels_at_and_beside_a_light_are_not_reused():
+    reuse = history(8)
+    emission = np.zeros((H, W, 3), np.float32)
+    emission[4:6, 8:12] = 18.0  # a light, as the aux pass saw it
+    emission[10, 3] = 0.5  # a dim emitter (a sky) keeps its history
+    first, second = replace(frame(1), emission=emission), replace(frame(2), emission=emission)
+    reuse.apply(first)
+    out, _ = reuse.apply(second)
+    got = to_numpy(out.color_a)
+    # The light and the ring of pixels around it (where a colour sample may hit the light
+    # that the aux samples missed) take the new samples only...
+    np.testing.assert_array_equal(got[3:7, 7:13], second.color_a[3:7, 7:13])
+    # ...while the rest, the dim emitter included, averages the two frames.
+    rest = np.ones((H, W), bool)
+    rest[2:8, 6:14] = False
+    np.testing.assert_allclose(got[rest], (first.color_a[rest] + second.color_a[rest]) / 2, rtol=1e-5, atol=1e-6)
+
+
 def test_a_camera_move_reads_the_history_where_the_surface_was():
     """Slide the camera sideways over a textured plane: the history must follow the texture, not the pixels."""
     u = np.linspace(0, 6 * np.pi, 400)
