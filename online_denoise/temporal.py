@@ -57,6 +57,8 @@ class TemporalConfig:
     block: int = 8  # side of the blocks whose mean luminance tells a stale history from noise
     stale_sigmas: float = 4.0  # a block restarts when old and new means differ by this many noise sigmas
     stale_relative: float = 0.05  # ... and by this fraction of their level
+    doubt_sigmas: float = 2.0  # a block off by this many sigmas (and the fraction) keeps a shorter history...
+    doubt_history: int = 4  # ... of at most this many frames, so a slowly moving reflection lags less
 
     def __post_init__(self):
         if not isinstance(self.history, int) or self.history < 1:
@@ -65,6 +67,8 @@ class TemporalConfig:
             raise ValueError("temporal tolerances: expected positive depth and albedo tolerances and a cosine in [-1, 1]")
         if self.block < 1 or self.stale_sigmas <= 0 or self.stale_relative < 0:
             raise ValueError("temporal stale test: expected a block of at least 1 pixel and positive thresholds")
+        if not 0 < self.doubt_sigmas <= self.stale_sigmas or self.doubt_history < 1:
+            raise ValueError("temporal doubt test: expected 0 < doubt_sigmas <= stale_sigmas and doubt_history >= 1")
 
     @property
     def enabled(self) -> bool:
@@ -162,15 +166,20 @@ class TemporalReuse:
                 & ((old_normal * normal).sum(1, keepdim=True) > cfg.normal_cos))
         counts, means = [], []
         for i, (old, new) in enumerate(zip(old_colors, colors)):
-            keep = same & ~self._stale(old, new, same, old_counts[:, i:i + 1])
-            count = torch.where(keep, (old_counts[:, i:i + 1] + 1).clamp(max=cfg.history), torch.ones_like(new[:, :1]))
+            stale, doubtful = self._stale(old, new, same, old_counts[:, i:i + 1])
+            keep = same & ~stale
+            cap = torch.where(doubtful, min(cfg.doubt_history, cfg.history), cfg.history)
+            count = torch.where(keep, torch.minimum(old_counts[:, i:i + 1] + 1, cap), torch.ones_like(new[:, :1]))
             counts.append(count)
             means.append(torch.where(keep, old + (new - old) / count, new))
         return counts, means
 
     def _stale(self, old: torch.Tensor, new: torch.Tensor, same: torch.Tensor, old_count: torch.Tensor
-               ) -> torch.Tensor:
-        """Pixels in blocks where the history's mean luminance is off from the new samples' by more than noise."""
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels in blocks where the history's mean luminance is off from the new samples' by more than noise.
+
+        Returns the stale pixels (over ``stale_sigmas``) and the doubtful ones (over ``doubt_sigmas``).
+        """
         cfg = self.config
         h, w = new.shape[-2:]
         k = max(1, min(cfg.block, h, w))
@@ -185,6 +194,12 @@ class TemporalReuse:
         # The history is a mean of n renders like the new one: its noise adds var / n to the gap's.
         inv_n = pool(m / old_count.clamp_min(1)) / weight
         gap = (old_mean - new_mean).abs()
-        stale = ((gap > cfg.stale_sigmas * torch.sqrt(new_var * (1 + inv_n) / samples))
-                 & (gap > cfg.stale_relative * torch.maximum(old_mean, new_mean)))
-        return F.interpolate(stale.to(new.dtype), scale_factor=k, mode="nearest")[..., :h, :w] > 0.5
+        sigma = torch.sqrt(new_var * (1 + inv_n) / samples)
+        relevant = gap > cfg.stale_relative * torch.maximum(old_mean, new_mean)
+        stale = (gap > cfg.stale_sigmas * sigma) & relevant
+        doubtful = (gap > cfg.doubt_sigmas * sigma) & relevant
+
+        def per_pixel(blocks: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(blocks.to(new.dtype), scale_factor=k, mode="nearest")[..., :h, :w] > 0.5
+
+        return per_pixel(stale), per_pixel(doubtful)
