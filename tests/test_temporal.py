@@ -198,6 +198,23 @@ def test_a_history_that_no_longer_matches_the_new_samples_restarts():
     assert np.abs(got[:8] - 1.0).max() < 0.1 and np.abs(got[:8] - new[:8]).max() > 1e-3  # averaged elsewhere
 
 
+def test_a_history_that_is_only_doubtful_is_shortened_not_restarted():
+    """A block off by 2-4 noise sigmas (a slowly moving reflection) blends the new samples in at 1/4 at least."""
+    ones = np.ones((H, W, 3), np.float32)
+    reuse = history(16)
+    for _ in range(10):
+        reuse.apply(replace(frame(1), color_a=ones, color_b=ones))
+    # One 8 x 8 block 15% brighter, with a checkerboard of +-33% as its noise: the gap of 0.15 is then
+    # 3.0 sigmas of the block's mean (sigma = 0.33 * 1.15 / 8 * sqrt(1 + 1/10)): doubtful, not stale.
+    new = ones.copy()
+    checker = np.where((np.arange(8)[:, None] + np.arange(8)) % 2 == 0, 1.33, 0.67)[..., None]
+    new[8:16, 8:16] = 1.15 * checker
+    out, _ = reuse.apply(replace(frame(2), color_a=new, color_b=new))
+    got = to_numpy(out.color_a)
+    np.testing.assert_allclose(got[8:16, 8:16], 1 + (new[8:16, 8:16] - 1) / 4, rtol=1e-5)
+    np.testing.assert_allclose(got[:8], 1.0, rtol=1e-6)
+
+
 def test_a_nan_sample_does_not_live_on_in_the_history():
     reuse = history(8)
     bad = frame(1)
@@ -231,7 +248,8 @@ def test_frames_without_the_aux_positions_are_refused():
         history(4).apply(replace(frame(1), position=None))
 
 
-@pytest.mark.parametrize("bad", [{"history": 0}, {"history": 2.5}, {"depth_tolerance": 0}, {"normal_cos": 2}])
+@pytest.mark.parametrize("bad", [{"history": 0}, {"history": 2.5}, {"depth_tolerance": 0}, {"normal_cos": 2},
+                                 {"doubt_sigmas": 5.0}, {"doubt_history": 0}])
 def test_config_refuses_nonsense(bad):
     with pytest.raises(ValueError):
         TemporalConfig(**bad)
