@@ -28,8 +28,8 @@ target, and the reference-free error estimate still holds, now measured
 against the reused renders' expectation (any lag reuse leaves is not in it).
 
 Measured with the cpu preset (2 spp per render, 256^2, history 16, 120-s
-bench runs, at the last frame): the pair's mean goes from 22.9 to 31.5 dB on
-cornell-box, 13.7 to 24.3 dB on sunlit-room and 20.9 to 26.3 dB on
+bench runs, at the last frame): the pair's mean goes from 23.6 to 33.6 dB on
+cornell-box, 13.4 to 24.8 dB on sunlit-room and 18.7 to 22.6 dB on
 glossy-metals. An offline prototype without the stale test reached 32.5 dB
 on cornell-box with a history of 8 and 33.0 dB with 32: bilinear resampling
 blurs each reuse a little, so longer histories add little.
