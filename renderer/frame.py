@@ -26,6 +26,11 @@ class Frame:
     ``emission`` (H x W x 3, also from the aux pass) is the radiance of the
     emitters the camera sees directly, lights and the environment: nonzero
     wherever any aux sample of the pixel hit one.
+
+    ``lobes`` is the scene's table of view-dependent lobe widths in radians,
+    indexed by the shape index (``renderer.lobes``): inf for diffuse shapes,
+    0 for smooth ones. None when the scene has nothing view-dependent, or the
+    variant writes no shape ids.
     """
 
     color_a: Any
@@ -42,6 +47,7 @@ class Frame:
     position: Any | None = None
     surface: Any | None = None
     emission: Any | None = None
+    lobes: tuple[float, ...] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

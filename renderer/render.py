@@ -25,6 +25,7 @@ from . import workers
 from .camera import CameraPath, Pose, load_path, orbit_path
 from .errors import RendererError
 from .frame import Frame
+from .lobes import shape_lobes
 from .scene import DEFAULT_SCENE, SceneError, SceneInfo, prepare_xml, resolve_scene, scene_digest
 from .variant import activate, choose_variant
 
@@ -97,6 +98,7 @@ class Renderer:
         self.sensor = self.scene.sensors()[0]
         self._color_integrator = self.scene.integrator()
         self._aux_integrator = mi.load_dict(aux_pass.integrator(mi))
+        self.lobes = shape_lobes(mi, self.scene)
         self.keeps_jit_arrays = config.arrays == "dlpack" or (config.arrays == "auto" and self.variant.startswith("cuda"))
         if self.keeps_jit_arrays and self.variant.startswith("scalar"):
             raise RendererError("arrays 'dlpack' needs a JIT variant (cuda_ad_rgb or llvm_ad_rgb)")
@@ -247,7 +249,7 @@ class Renderer:
         albedo = self._clip(aux[:, :, aux_pass.ALBEDO], 0.0, 1.0)
         return Frame(color_a, color_b, albedo, aux[:, :, aux_pass.NORMAL], pose, index, seeds, spp, timings,
                      target, self.config.target_spp or 0, position=aux[:, :, aux_pass.POSITION],
-                     surface=aux[:, :, aux_pass.SHAPE], emission=aux[:, :, aux_pass.EMISSION])
+                     surface=aux[:, :, aux_pass.SHAPE], emission=aux[:, :, aux_pass.EMISSION], lobes=self.lobes)
 
     def _lower_worker_priority(self) -> None:
         """Once, after the first render has started Dr.Jit's thread pool."""

@@ -76,6 +76,51 @@ def test_emission_includes_the_environment_where_rays_leave_the_scene(tmp_path):
     np.testing.assert_allclose(f.emission[~hit], 0.25, rtol=1e-5)
 
 
+def test_each_shape_carries_its_lobe_width(tmp_path):
+    """Frame.lobes, indexed by the aux pass's shape index, gives each pixel its material's view dependence."""
+    xml = tmp_path / "balls.xml"
+    ball = '<shape type="sphere"><point name="center" value="{x}, 0, 0"/><float name="radius" value="0.9"/>{bsdf}</shape>'
+    bsdfs = {
+        -3: '<bsdf type="diffuse"/>',
+        -1: '<bsdf type="twosided"><bsdf type="roughconductor"><float name="alpha" value="0.07"/></bsdf></bsdf>',
+        1: '<bsdf type="roughplastic"><float name="alpha" value="0.3"/></bsdf>',
+        3: '<bsdf type="dielectric"/>',
+    }
+    xml.write_text('<scene version="3.0.0"><sensor type="perspective"><float name="fov" value="90"/>'
+                   '<transform name="to_world"><lookat origin="0, 0, 4" target="0, 0, 0" up="0, 1, 0"/>'
+                   '</transform></sensor><emitter type="constant"/>'
+                   + "".join(ball.format(x=x, bsdf=b) for x, b in bsdfs.items()) + "</scene>")
+    r = Renderer(RenderConfig(scene=str(xml), width=64, height=16, spp=1))
+    f = r.render_pair(r.initial_pose)
+    row = f.surface[8, :, 0]
+    # Looking down -z, world +x is to the image's right; each ball's centre column reads its own lobe.
+    widths = [f.lobes[int(round(row[int(32 + x * 64 / 8)]))] for x in bsdfs]
+    assert widths[0] == float("inf") and widths[3] == 0.0
+    assert widths[1] == pytest.approx(0.07) and widths[2] == pytest.approx(0.3)
+    assert f.lobes[0] == float("inf")  # a ray that hits nothing
+
+
+def test_a_scene_with_only_diffuse_shapes_has_no_lobe_table(tiny_renderer):
+    assert tiny_renderer.render_pair(tiny_renderer.initial_pose).lobes is None
+
+
+def test_lobe_widths_of_nested_textured_and_principled_bsdfs():
+    from renderer.lobes import bsdf_lobe
+
+    mi = Renderer(RenderConfig(scene="cornell-box", width=8, height=8, spp=1))._mi
+    lobe = lambda d: bsdf_lobe(mi, mi.load_dict(d))
+    assert lobe({"type": "principled", "roughness": 0.4}) == pytest.approx(0.16)  # alpha = roughness^2
+    assert lobe({"type": "roughconductor", "alpha_u": 0.05, "alpha_v": 0.4}) == pytest.approx(0.05)
+    textured = {"type": "roughconductor", "alpha": {"type": "checkerboard", "color0": 0.2, "color1": 0.04}}
+    assert lobe(textured) == pytest.approx(0.04)  # the texture's smoothest value
+    assert lobe({"type": "roughconductor", "distribution": "beckmann"}) == pytest.approx(0.1)  # Mitsuba's default
+    blend = {"type": "blendbsdf", "weight": 0.5, "a": {"type": "diffuse"},
+             "b": {"type": "roughplastic", "alpha": 0.25}}
+    assert lobe(blend) == pytest.approx(0.25)
+    assert lobe({"type": "plastic"}) == 0.0 and lobe({"type": "conductor"}) == 0.0
+    assert lobe({"type": "diffuse"}) == float("inf") and lobe({"type": "null"}) == float("inf")
+
+
 def test_the_two_renders_are_independent():
     """Correlation of the two renders' errors, averaged over 20 pairs, is zero.
 

@@ -249,7 +249,66 @@ def test_frames_without_the_aux_positions_are_refused():
 
 
 @pytest.mark.parametrize("bad", [{"history": 0}, {"history": 2.5}, {"depth_tolerance": 0}, {"normal_cos": 2},
-                                 {"doubt_sigmas": 5.0}, {"doubt_history": 0}])
+                                 {"doubt_sigmas": 5.0}, {"doubt_history": 0},
+                                 {"lobe_fraction": -1.0}, {"lobe_fraction": float("nan")}])
 def test_config_refuses_nonsense(bad):
     with pytest.raises(ValueError):
         TemporalConfig(**bad)
+
+
+def sliding_run(lobes, steps: int = 12, slide: float = 0.1, **config) -> np.ndarray:
+    """Frames i = 0..steps-1 of a uniform colour i, the camera sliding sideways by ``slide`` each frame.
+
+    The top half of the plane is shape 1, the bottom half shape 2. The stale test is off, so that
+    only the history caps decide how far the running mean lags behind the ramp.
+    """
+    reuse = TemporalReuse(TemporalConfig(history=16, stale_relative=1e9, **config))
+    surface = np.ones((H, W, 1), np.float32)
+    surface[H // 2:] = 2.0
+    for i in range(steps):
+        pose = Pose(POSE.position + np.array([slide * i, 0.0, 0.0]), POSE.rotation, POSE.fov)
+        value = np.full((H, W, 3), float(i), np.float32)
+        out, _ = reuse.apply(replace(frame(i, pose=pose, position=plane_positions(pose), surface=surface),
+                                     color_a=value, color_b=value, lobes=lobes))
+    return to_numpy(out.color_a)[..., 0]
+
+
+def ramp_mean(steps: int, cap: int) -> float:
+    """The running mean of 0, 1, ..., steps-1 with weights 1/n, n counting up to ``cap``."""
+    mean = 0.0
+    for i in range(steps):
+        mean += (i - mean) / min(i + 1, cap)
+    return mean
+
+
+def test_a_glossy_surface_keeps_a_history_as_long_as_the_view_turn_allows():
+    """A 0.1 sideways step at depth 5 turns the view by 0.02 rad: a 0.09-wide lobe keeps 4 frames."""
+    got = sliding_run((math.inf, math.inf, 0.09))
+    centre = slice(W // 2 - 3, W // 2 + 3)
+    np.testing.assert_allclose(got[2:H // 2 - 2, centre], ramp_mean(12, 16), rtol=1e-4)  # diffuse: all 12 frames
+    np.testing.assert_allclose(got[H // 2 + 2:-2, centre], ramp_mean(12, 4), rtol=1e-4)
+    # A lobe about twice as wide keeps about twice the history (9.5 turns); a smooth mirror (width 0) keeps none.
+    np.testing.assert_allclose(sliding_run((math.inf, math.inf, 0.19))[H // 2 + 2:-2, centre], ramp_mean(12, 9),
+                               rtol=1e-4)
+    np.testing.assert_allclose(sliding_run((math.inf, math.inf, 0.0))[H // 2 + 2:-2, centre], 11.0, rtol=1e-6)
+
+
+def test_a_still_camera_or_no_lobe_table_leaves_glossy_history_uncapped():
+    full = ramp_mean(12, 16)
+    np.testing.assert_allclose(sliding_run((math.inf, math.inf, 0.0), slide=0.0), full, rtol=1e-4)
+    np.testing.assert_allclose(sliding_run(None)[2:-2, W // 2 - 3:W // 2 + 3], full, rtol=1e-4)
+    np.testing.assert_allclose(sliding_run((math.inf, math.inf, 0.0), lobe_fraction=0.0)[2:-2, W // 2 - 3:W // 2 + 3],
+                               full, rtol=1e-4)
+
+
+def test_view_turn_is_the_angle_between_the_two_cameras_rays():
+    from online_denoise.temporal import view_turn
+
+    points = torch.tensor([[0.0, 0.0, 0.0], [2.0, 1.0, -3.0]]).T.reshape(1, 3, 1, 2)
+    moved = Pose(POSE.position + np.array([0.5, 0.0, 0.0]), POSE.rotation, POSE.fov)
+    turn = view_turn(points, moved, POSE)[0, 0, 0]
+    for k, p in enumerate(points[0, :, 0].T.numpy()):
+        a, b = p - moved.position, p - POSE.position
+        expected = math.acos(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b))
+        assert float(turn[k]) == pytest.approx(expected, rel=1e-4)
+    assert float(view_turn(points, POSE, POSE).abs().max()) == 0.0
