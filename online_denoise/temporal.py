@@ -19,7 +19,10 @@ is stale. Each render therefore also compares, block by block, the mean
 luminance of its reprojected history with that of its new samples, and
 restarts the blocks where they differ by more than the new samples' noise
 explains. Without that test the glossy-metals floor went grey: 18.6 dB,
-where the same run without reuse makes about 30.
+where the same run without reuse makes about 30. Drift below the test's
+noise still adds up over a long history, so a glossy pixel also keeps no
+more frames than its lobe width (``renderer.lobes``, carried by the frame)
+divided by the angle its view turned since the last frame.
 
 Render a and render b keep separate histories, and each one's decisions
 use only the aux buffers and its own samples, so the two running means stay
