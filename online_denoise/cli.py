@@ -132,7 +132,8 @@ def _renderer(args, spp: int, seed: int = 0, run=None):
     return Renderer(RenderConfig(scene=args.scene, width=width, height=height, spp=spp, variant=args.variant,
                                  seed=seed, path=args.path, threads=args.render_threads,
                                  freeze={"auto": None, "on": True, "off": False}[args.freeze_renders],
-                                 renders=run.renders if run else 2, target_spp=run.target_spp if run else None))
+                                 renders=run.renders if run else 2, target_spp=run.target_spp if run else None,
+                                 rr_depth=run.rr_depth if run else None))
 
 
 def _apply_torch_threads(args) -> None:

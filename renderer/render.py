@@ -26,7 +26,7 @@ from .camera import CameraPath, Pose, load_path, orbit_path
 from .errors import RendererError
 from .frame import Frame
 from .lobes import shape_lobes
-from .scene import DEFAULT_SCENE, SceneError, SceneInfo, prepare_xml, resolve_scene, scene_digest
+from .scene import DEFAULT_SCENE, SceneError, SceneInfo, live_integrator_xml, prepare_xml, resolve_scene, scene_digest
 from .variant import activate, choose_variant
 
 # A session draws its seeds from [seed * SEEDS_PER_SESSION, (seed + 1) * SEEDS_PER_SESSION):
@@ -59,6 +59,10 @@ class RenderConfig:
     # frame. None: on CUDA only. On the LLVM variant replay measured slower, 110 against 74 ms for a
     # 2-spp pair plus its AOV pass at 256^2 (identical images), so it stays off there.
     freeze: bool | None = None
+    # Path depth from which the live colour renders play Russian roulette (None: the scene's own, Mitsuba's
+    # default 5). Unbiased, so references keep the scene's setting. At 3, a 2-spp render at 256^2 took
+    # 47.9 ms against 59.5 on sunlit-room (32.3 -> 26.6 on cornell-box) for 10% (5%) more squared error.
+    rr_depth: int | None = None
 
     def __post_init__(self):
         if self.width < 1 or self.height < 1:
@@ -71,6 +75,8 @@ class RenderConfig:
             raise RendererError(f"--target-spp {self.target_spp}: expected a positive sample count")
         if self.arrays not in ("auto", "numpy", "dlpack"):
             raise RendererError(f"arrays {self.arrays!r}: expected auto, numpy or dlpack")
+        if self.rr_depth is not None and self.rr_depth < 1:
+            raise RendererError(f"rr_depth {self.rr_depth}: expected a path depth of at least 1")
         if not 0 <= self.seed < SESSION_BLOCKS:
             raise RendererError(f"--seed {self.seed}: expected 0 to {SESSION_BLOCKS - 1}")
 
@@ -96,7 +102,9 @@ class Renderer:
             msg = str(e).strip().splitlines()
             raise SceneError(f"{self.scene_info.xml}: Mitsuba could not load it: {msg[-1] if msg else e}") from None
         self.sensor = self.scene.sensors()[0]
-        self._color_integrator = self.scene.integrator()
+        self._scene_integrator = self.scene.integrator()  # references
+        live = live_integrator_xml(xml, config.rr_depth) if config.rr_depth is not None else None
+        self._color_integrator = mi.load_string(live) if live else self._scene_integrator
         self._aux_integrator = mi.load_dict(aux_pass.integrator(mi))
         self.lobes = shape_lobes(mi, self.scene)
         self.keeps_jit_arrays = config.arrays == "dlpack" or (config.arrays == "auto" and self.variant.startswith("cuda"))
@@ -204,7 +212,7 @@ class Renderer:
             self.set_pose(pose)
         if spp > MAX_SPP_PER_PASS:
             raise ValueError(f"a single pass takes at most {MAX_SPP_PER_PASS} spp, got {spp}")
-        return self._pass(self._color_integrator, seed, spp)[:, :, 0:3]
+        return self._pass(self._scene_integrator, seed, spp)[:, :, 0:3]
 
     def render_color(self, pose: Pose, spp: int):
         """One colour render; high sample counts are split into passes and averaged."""
@@ -268,7 +276,7 @@ class Renderer:
         for i in range(passes):
             n = min(MAX_SPP_PER_PASS, spp - i * MAX_SPP_PER_PASS)
             seed = first_seed if i == 0 else self.take_seed()
-            image = self._pass(self._color_integrator, seed, n)[:, :, 0:3] * (n / spp)
+            image = self._pass(self._scene_integrator, seed, n)[:, :, 0:3] * (n / spp)
             total = image if total is None else total + image
         return total
 

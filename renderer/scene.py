@@ -148,3 +148,33 @@ def prepare_xml(xml_path: Path, width: int, height: int, spp: int) -> str:
     if _child(root, "integrator") is None:
         ET.SubElement(root, "integrator", {"type": "path"})
     return ET.tostring(root, encoding="unicode")
+
+
+# Integrators whose Russian roulette starts at an ``rr_depth`` property.
+ROULETTE_INTEGRATORS = ("path", "volpath", "volpathmis")
+
+
+def live_integrator_xml(scene_xml: str, rr_depth: int) -> str | None:
+    """The scene's integrator on its own, with Russian roulette from path depth ``rr_depth``.
+
+    Russian roulette is unbiased: it changes the noise, not the expected
+    image, so the live renders may start it earlier than the references do.
+    None where the integrator takes no ``rr_depth`` or the scene sets one
+    itself (the scene's choice stands).
+    """
+    root = ET.fromstring(scene_xml)
+    integrator = _child(root, "integrator")
+    if integrator is None or integrator.get("type") not in ROULETTE_INTEGRATORS:
+        return None
+    if any(c.get("name") == "rr_depth" for c in integrator):
+        return None
+    # The integrator is loaded outside its scene, so the scene's $name defaults are filled in here.
+    defaults = {d.get("name"): d.get("value") for d in root if d.tag == "default"}
+    live = ET.fromstring(ET.tostring(integrator, encoding="unicode"))
+    for element in live.iter():
+        for key, value in element.attrib.items():
+            if value.startswith("$") and value[1:] in defaults:
+                element.set(key, defaults[value[1:]])
+    live.set("version", root.get("version", "3.0.0"))
+    _prop(live, "integer", "rr_depth", rr_depth)
+    return ET.tostring(live, encoding="unicode")

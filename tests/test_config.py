@@ -37,6 +37,15 @@ def test_history_flag_sets_temporal_reuse():
         resolved("--history", "0")
 
 
+def test_russian_roulette_depth_from_the_preset_or_the_flag():
+    assert resolved().rr_depth == 3 and resolved().to_dict()["rr_depth"] == 3
+    assert resolved("--rr-depth", "5").rr_depth == 5
+    assert resolved("--rr-depth", "0").rr_depth is None  # the scene's own
+    assert resolve(_parser().parse_args(["bench", "--preset", "gpu"]), torch.device("cpu")).rr_depth is None
+    with pytest.raises(UserError, match="--rr-depth -1"):
+        resolved("--rr-depth", "-1")
+
+
 def test_network_flags_override_single_fields():
     run = resolved("--width", "24", "--scales", "4", "--kernel-size", "7")
     assert (run.model.width, run.model.scales, run.model.kernel_size, run.model.depth) == (24, 4, 7, 5)
