@@ -249,6 +249,8 @@ def _report(options, records, quality, temporal, oidn_ms, ours_ms, loop_seconds,
         "quality": quality,
         "final": {m: rows[-1] if rows else None for m, rows in quality.items()},
         "history": statistics.fmean(r["history"] for r in steady) if steady else float("nan"),
+        # The frame from which the live renders took the early Russian roulette (the frame budget); None: never.
+        "early_roulette_from": session.early_roulette_from,
         "oidn": {"quality": OIDN_QUALITY, "ms_mean": statistics.fmean(oidn_ms) if oidn_ms else float("nan")},
         # Both timed alone after the run: OIDN on the pair's average, ours as the loop displays a frame
         # (pair "both": each render denoised; "mean": their average, once).
@@ -346,6 +348,9 @@ def table(report: dict) -> str:
                          f"   (flicker: mean |frame-to-frame change| over {temporal['frames']} still frames)")
     if report.get("history", 1.0) > 1.0:
         lines.append(f"temporal reuse: each pixel's running mean spanned {report['history']:.1f} frames on average")
+    if report.get("early_roulette_from") is not None:
+        lines.append(f"over the frame budget after warm-up: live renders played Russian roulette early from frame "
+                     f"{report['early_roulette_from']} (config: rr_depth {report['config'].get('rr_depth')})")
     mem = report.get("memory")
     if mem:
         lines.append(f"memory: RSS {_f(mem['rss_mb_first_steady'], '.0f')} MiB after warm-up, "

@@ -133,7 +133,8 @@ def _renderer(args, spp: int, seed: int = 0, run=None):
                                  seed=seed, path=args.path, threads=args.render_threads,
                                  freeze={"auto": None, "on": True, "off": False}[args.freeze_renders],
                                  renders=run.renders if run else 2, target_spp=run.target_spp if run else None,
-                                 rr_depth=run.rr_depth if run else None))
+                                 rr_depth=run.rr_depth if run else None,
+                                 early_roulette=run is not None and run.frame_budget_ms is None))
 
 
 def _apply_torch_threads(args) -> None:

@@ -37,7 +37,10 @@ class Preset:
     prior: str | None = None  # weights live training starts from (priors/), made by scripts/train_prior.sh
     pair: str = "both"  # denoiser.PAIR_MODES: how the displayed image is made from the two renders
     history: int = 1  # temporal reuse: frames in each render's reprojected running mean; 1: none
-    rr_depth: int | None = None  # live renders play Russian roulette from this path depth; None: the scene's
+    rr_depth: int | None = None  # live renders may play Russian roulette from this path depth; None: the scene's
+    # The frame time the preset aims at: a loop slower than this after warm-up switches to the early
+    # Russian roulette above (decided once; session.py). None: early roulette is on from the start.
+    frame_budget_ms: float | None = None
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -46,7 +49,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                   "the mean of the two renders is denoised once",
            ModelConfig(width=16, depth=5, output="kpn", kernel_size=5, scales=4),
            TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1, schedule="inline"), spp=2, prior="cpu.pt",
-           pair="mean", history=16, rr_depth=3),
+           pair="mean", history=16, rr_depth=3, frame_budget_ms=250.0),
     Preset("gpu", "CUDA: the paper's width-48 U-Net with the 3-scale kernel-predicting head, 8 steps per frame",
            ModelConfig(width=48, depth=5, output="kpn", kernel_size=5, scales=3),
            TrainConfig(lr=1e-3, batch=8, crop=128, steps_per_frame=8), spp=8),
@@ -131,9 +134,10 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pair", choices=PAIR_MODES, default=None,
                    help="both: denoise each render and average the results; mean: denoise the renders' mean "
                         "once, half the inference (default: preset; cpu uses mean)")
-    g.add_argument("--rr-depth", type=int, default=None,
-                   help="live renders start Russian roulette at this path depth (unbiased: more noise, less time; "
-                        "default: preset, cpu uses 3; 0: the scene's own, Mitsuba's default 5)")
+    g.add_argument("--rr-depth", default="auto",
+                   help="live renders start Russian roulette at this path depth (unbiased: more noise, less time); "
+                        "0: the scene's own (Mitsuba's default 5); auto (default): the preset's, cpu switches to 3 "
+                        "when the loop runs under 4 frames/s after warm-up")
     g.add_argument("--history", type=int, default=None,
                    help="temporal reuse: each render becomes the running mean of its last N frames, "
                         "reprojected to the current view; 1 turns it off (default: preset)")
@@ -165,17 +169,20 @@ class Resolved:
     target_spp: int | None = None
     pair: str = "both"
     history: int = 1
-    rr_depth: int | None = None
+    rr_depth: int | None = None  # the early Russian roulette's depth; None: the scene's own, always
+    frame_budget_ms: float | None = None  # early roulette switches on above this frame time; None: on from the start
 
     def to_dict(self) -> dict:
         return {"preset": self.preset.name, "model": self.model.to_dict(), "features": self.features.to_dict(),
                 "train": asdict(self.train), "spp": self.spp, "res": list(self.res),
                 "precision": asdict(self.precision), "renders": self.renders, "target_spp": self.target_spp,
-                "pair": self.pair, "history": self.history, "rr_depth": self.rr_depth}
+                "pair": self.pair, "history": self.history, "rr_depth": self.rr_depth,
+                "frame_budget_ms": self.frame_budget_ms}
 
     def session_config(self, device, ring: int) -> SessionConfig:
         return SessionConfig(self.model, self.features, self.train, str(device), ring, precision=self.precision,
-                             pair=self.pair, temporal=TemporalConfig(history=self.history))
+                             pair=self.pair, temporal=TemporalConfig(history=self.history),
+                             frame_budget_ms=self.frame_budget_ms)
 
 
 def resolve(args: argparse.Namespace, device) -> Resolved:
@@ -244,12 +251,18 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     history = preset.history if history is None else history
     if history < 1:
         raise UserError(f"--history {history}: expected at least 1 frame (1 turns temporal reuse off)")
-    rr_depth = getattr(args, "rr_depth", None)
-    rr_depth = preset.rr_depth if rr_depth is None else rr_depth
-    if rr_depth is not None and rr_depth < 0:
-        raise UserError(f"--rr-depth {rr_depth}: expected a path depth of at least 1 (0: the scene's own)")
+    rr_flag = str(getattr(args, "rr_depth", "auto"))
+    if rr_flag == "auto":
+        rr_depth, budget = preset.rr_depth, preset.frame_budget_ms
+    else:
+        try:
+            rr_depth, budget = int(rr_flag), None
+        except ValueError:
+            rr_depth = -1
+        if rr_depth < 0:
+            raise UserError(f"--rr-depth {rr_flag}: expected auto or a path depth (0: the scene's own)")
     return Resolved(preset, model, features, train, spp, parse_res(args.res), precision, renders, target_spp, pair,
-                    history, rr_depth or None)
+                    history, rr_depth or None, budget if rr_depth else None)
 
 
 def prior_path(run: "Resolved", choice: str) -> Path | None:

@@ -28,6 +28,9 @@ from .ring import RingBuffer
 from .temporal import TemporalConfig, TemporalReuse
 from .trainer import TrainConfig, Trainer
 
+# The frames whose median time decides the frame budget: after the first kernels are compiled.
+BUDGET_FRAMES = range(5, 25)
+
 
 @dataclass(frozen=True)
 class SessionConfig:
@@ -46,12 +49,18 @@ class SessionConfig:
     # Each render's running mean over its reprojected past (temporal.py); history 1 turns it off. The
     # denoiser, the ring and the error estimate all see the reused renders.
     temporal: TemporalConfig = TemporalConfig()
+    # The frame time the loop aims at. If the median frame of BUDGET_FRAMES, after warm-up, is slower,
+    # the renderer switches its live renders to early Russian roulette (unbiased, cheaper, noisier), once
+    # and for the rest of the session: a scene that renders slowly stays slow. None: never switch.
+    frame_budget_ms: float | None = None
 
     def __post_init__(self):
         if self.pair not in PAIR_MODES:
             raise ValueError(f"pair mode {self.pair!r}: expected one of {PAIR_MODES}")
         if self.estimate_every < 1:
             raise ValueError(f"estimate_every {self.estimate_every}: expected at least 1")
+        if self.frame_budget_ms is not None and not self.frame_budget_ms > 0:
+            raise ValueError(f"frame_budget_ms {self.frame_budget_ms}: expected a positive time")
 
 
 @dataclass
@@ -65,6 +74,7 @@ class FrameResult:
     skipped_nonfinite: int
     rendered: object  # renderer.Frame: the renders as they came out of the renderer (``frame`` without reuse)
     history: float  # mean frames per pixel in the reused renders' running means (1 without reuse)
+    early_roulette: bool = False  # rendered with the early Russian roulette that keeps to the frame budget
 
     @property
     def denoised(self) -> torch.Tensor:
@@ -84,6 +94,7 @@ class FrameResult:
             "estimate_frame": self.estimate.get("frame"),
             "skipped_nonfinite": self.skipped_nonfinite,
             "history": round(self.history, 3),
+            "early_roulette": self.early_roulette,
         }
 
 
@@ -110,6 +121,8 @@ class Session:
         self._estimate: dict[str, float] = {}  # the latest error estimate, with the frame it was made on
         self._last_end = time.perf_counter()
         self._closed = False
+        self._budget_times: list[float] = []
+        self.early_roulette_from: int | None = None  # the frame from which the live renders roulette early
         if config.train_enabled:
             self.trainer.start()
 
@@ -154,10 +167,22 @@ class Session:
             "train": self.trainer.take_busy_ms(),
             "frame": (end - self._last_end) * 1000,
         }
+        roulette = bool(getattr(self.renderer, "early_roulette", False))
         self._last_end = end
+        self._keep_to_budget(timings["frame"])
         self.frames += 1
         return FrameResult(frame, result, timings, estimate, self.trainer.steps, self.trainer.last_loss,
-                           self.trainer.skipped_nonfinite, rendered, history)
+                           self.trainer.skipped_nonfinite, rendered, history, roulette)
+
+    def _keep_to_budget(self, frame_ms: float) -> None:
+        budget = self.config.frame_budget_ms
+        if budget is None or self.frames not in BUDGET_FRAMES:
+            return
+        self._budget_times.append(frame_ms)
+        if self.frames == BUDGET_FRAMES[-1] and sorted(self._budget_times)[len(self._budget_times) // 2] > budget:
+            switch = getattr(self.renderer, "set_early_roulette", None)
+            if switch is not None and switch(True):
+                self.early_roulette_from = self.frames + 1
 
     def set_training(self, enabled: bool) -> None:
         self.trainer.set_paused(not enabled)

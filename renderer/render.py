@@ -59,10 +59,13 @@ class RenderConfig:
     # frame. None: on CUDA only. On the LLVM variant replay measured slower, 110 against 74 ms for a
     # 2-spp pair plus its AOV pass at 256^2 (identical images), so it stays off there.
     freeze: bool | None = None
-    # Path depth from which the live colour renders play Russian roulette (None: the scene's own, Mitsuba's
-    # default 5). Unbiased, so references keep the scene's setting. At 3, a 2-spp render at 256^2 took
-    # 47.9 ms against 59.5 on sunlit-room (32.3 -> 26.6 on cornell-box) for 10% (5%) more squared error.
+    # Path depth from which the live colour renders may play Russian roulette early (None: never; the
+    # scene's own setting, Mitsuba's default 5, stands). Unbiased, so references keep the scene's setting.
+    # At 3, a 2-spp render at 256^2 took 47.9 ms against 59.5 on sunlit-room (32.3 -> 26.6 on
+    # cornell-box) for 10% (5%) more squared error. ``early_roulette`` says whether it starts on;
+    # set_early_roulette switches it later.
     rr_depth: int | None = None
+    early_roulette: bool = True
 
     def __post_init__(self):
         if self.width < 1 or self.height < 1:
@@ -103,8 +106,10 @@ class Renderer:
             raise SceneError(f"{self.scene_info.xml}: Mitsuba could not load it: {msg[-1] if msg else e}") from None
         self.sensor = self.scene.sensors()[0]
         self._scene_integrator = self.scene.integrator()  # references
-        live = live_integrator_xml(xml, config.rr_depth) if config.rr_depth is not None else None
-        self._color_integrator = mi.load_string(live) if live else self._scene_integrator
+        early = live_integrator_xml(xml, config.rr_depth) if config.rr_depth is not None else None
+        self._early_integrator = mi.load_string(early) if early else None
+        self._color_integrator = self._scene_integrator
+        self.set_early_roulette(config.early_roulette)
         self._aux_integrator = mi.load_dict(aux_pass.integrator(mi))
         self.lobes = shape_lobes(mi, self.scene)
         self.keeps_jit_arrays = config.arrays == "dlpack" or (config.arrays == "auto" and self.variant.startswith("cuda"))
@@ -258,6 +263,18 @@ class Renderer:
         return Frame(color_a, color_b, albedo, aux[:, :, aux_pass.NORMAL], pose, index, seeds, spp, timings,
                      target, self.config.target_spp or 0, position=aux[:, :, aux_pass.POSITION],
                      surface=aux[:, :, aux_pass.SHAPE], emission=aux[:, :, aux_pass.EMISSION], lobes=self.lobes)
+
+    def set_early_roulette(self, on: bool) -> bool:
+        """Render the live pairs with Russian roulette from ``rr_depth`` (or the scene's own); whether it is on.
+
+        Off where the scene's integrator has no Russian roulette to move, or sets its own ``rr_depth``.
+        """
+        self._color_integrator = self._early_integrator if on and self._early_integrator else self._scene_integrator
+        return self.early_roulette
+
+    @property
+    def early_roulette(self) -> bool:
+        return self._color_integrator is not self._scene_integrator
 
     def _lower_worker_priority(self) -> None:
         """Once, after the first render has started Dr.Jit's thread pool."""

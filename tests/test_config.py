@@ -38,12 +38,16 @@ def test_history_flag_sets_temporal_reuse():
 
 
 def test_russian_roulette_depth_from_the_preset_or_the_flag():
-    assert resolved().rr_depth == 3 and resolved().to_dict()["rr_depth"] == 3
-    assert resolved("--rr-depth", "5").rr_depth == 5
-    assert resolved("--rr-depth", "0").rr_depth is None  # the scene's own
-    assert resolve(_parser().parse_args(["bench", "--preset", "gpu"]), torch.device("cpu")).rr_depth is None
-    with pytest.raises(UserError, match="--rr-depth -1"):
-        resolved("--rr-depth", "-1")
+    run = resolved()  # auto: the cpu preset switches to depth 3 when over its 250-ms frame budget
+    assert (run.rr_depth, run.frame_budget_ms) == (3, 250.0)
+    assert run.session_config("cpu", 16).frame_budget_ms == 250.0 and run.to_dict()["rr_depth"] == 3
+    assert (resolved("--rr-depth", "5").rr_depth, resolved("--rr-depth", "5").frame_budget_ms) == (5, None)
+    assert resolved("--rr-depth", "0").rr_depth is None  # the scene's own, always
+    gpu = resolve(_parser().parse_args(["bench", "--preset", "gpu"]), torch.device("cpu"))
+    assert (gpu.rr_depth, gpu.frame_budget_ms) == (None, None)
+    for bad in ("-1", "deep"):
+        with pytest.raises(UserError, match=f"--rr-depth {bad}"):
+            resolved("--rr-depth", bad)
 
 
 def test_network_flags_override_single_fields():

@@ -204,3 +204,35 @@ def test_inline_schedule_trains_every_frame_before_step_returns(tiny_renderer):
         assert s.step(tiny_renderer.initial_pose).steps == 8
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("budget_ms, switched", [(1e-3, True), (1e6, False)])
+def test_a_loop_over_its_frame_budget_after_warm_up_switches_to_early_roulette(budget_ms, switched):
+    from renderer import Renderer, RenderConfig
+
+    from online_denoise.session import BUDGET_FRAMES
+
+    renderer = Renderer(RenderConfig(scene="cornell-box", width=16, height=16, spp=1, rr_depth=2,
+                                     early_roulette=False))
+    s = Session(renderer, SessionConfig(MODEL, FeatureSpec(), TrainConfig(crop=16, batch=2), "cpu", 4,
+                                        train_enabled=False, pair="mean", frame_budget_ms=budget_ms))
+    try:
+        results = [s.step(renderer.path.pose(i * 0.05)) for i in range(BUDGET_FRAMES[-1] + 3)]
+    finally:
+        s.close()
+    flags = [r.record()["early_roulette"] for r in results]
+    # Decided once, on the median of the frames after warm-up, and kept.
+    assert flags == [False] * (BUDGET_FRAMES[-1] + 1) + [switched] * 2
+    assert s.early_roulette_from == (BUDGET_FRAMES[-1] + 1 if switched else None)
+
+
+def test_no_early_roulette_where_the_scene_sets_its_own(tmp_path):
+    from renderer import Renderer, RenderConfig
+
+    xml = tmp_path / "own.xml"
+    xml.write_text('<scene version="3.0.0"><integrator type="path"><integer name="rr_depth" value="9"/>'
+                   '</integrator><sensor type="perspective"/><shape type="sphere"/></scene>')
+    renderer = Renderer(RenderConfig(scene=str(xml), width=8, height=8, spp=1, rr_depth=2))
+    assert not renderer.early_roulette and not renderer.set_early_roulette(True)
+    with pytest.raises(ValueError, match="frame_budget_ms"):
+        SessionConfig(MODEL, FeatureSpec(), TrainConfig(), frame_budget_ms=0)
