@@ -26,6 +26,8 @@ from .progress import Progress
 COLOR_LAYERS = ("Noisy Image", "", "Combined", "color", "rgb", "beauty", "RGBA")
 ALBEDO_LAYERS = ("Denoising Albedo", "albedo", "alb", "Albedo", "DiffCol")
 NORMAL_LAYERS = ("Denoising Normal", "nn", "normals", "normal", "nrm", "sh_normal", "Normal", "N")
+# Directly seen emitters: Blender's Emission pass, or an AOV named so. Optional for every backend.
+EMISSION_LAYERS = ("Emit", "emission", "Emission", "emit")
 OIDN_SUFFIXES = {"color": ".hdr.exr", "albedo": ".alb.exr", "normal": ".nrm.exr"}
 RGB_SETS = (("R", "G", "B"), ("X", "Y", "Z"), ("r", "g", "b"), ("x", "y", "z"))
 CAMERA_SPACE_FRACTION = 0.97  # normals facing +z this often are taken to be camera-space
@@ -139,6 +141,7 @@ class Inputs:
     normal: np.ndarray | None
     color_buffer: Buffer
     notes: list[str] = field(default_factory=list)
+    emission: np.ndarray | None = None
 
 
 def _sibling(path: Path, kind: str) -> Path | None:
@@ -177,6 +180,7 @@ class LayerOptions:
     color: str | None = None
     albedo: str | None = None
     normal: str | None = None
+    emission: str | None = None  # a layer name, "none" to ignore any, or None: found by name
     normal_range: str = "auto"
     normal_space: str = "auto"
 
@@ -186,6 +190,7 @@ def gather_inputs(image: ExrImage, needs: tuple[str, ...], opts: LayerOptions, r
 
     A missing auxiliary is an error naming it and listing the file's layers when
     ``required`` (a checkpoint trained with it), and is simply left out otherwise (OIDN).
+    The emission layer is always optional, unless named by ``opts.emission``.
     """
     color_buf = find_buffer(image, COLOR_LAYERS, opts.color)
     if color_buf is None:
@@ -223,7 +228,16 @@ def gather_inputs(image: ExrImage, needs: tuple[str, ...], opts: LayerOptions, r
             notes.append(f"normals {space}-space in {'[0, 1]' if rng == 'unsigned' else '[-1, 1]'}"
                          f"{' (detected)' if opts.normal_range == 'auto' else ''}")
         found[kind] = px
-    return Inputs(color, alpha, found["albedo"], found["normal"], color_buf, notes)
+    emission = None
+    if "emission" in needs and opts.emission != "none":
+        buf = find_buffer(image, EMISSION_LAYERS, opts.emission)
+        if buf is None and opts.emission is not None:
+            raise ExrError(f"{image.path}: no emission layer '{opts.emission}' with R, G, B channels "
+                           f"(the file has: {image.describe_layers()})")
+        if buf is not None:
+            emission = buf.pixels(image)
+            notes.append(f"lights kept out of the kernels (emission layer '{buf.layer}')")
+    return Inputs(color, alpha, found["albedo"], found["normal"], color_buf, notes, emission)
 
 
 # -- denoising and writing ------------------------------------------------------------
@@ -300,9 +314,10 @@ class Backend:
 
 def network_backend(denoiser, checkpoint: str, tile: int, overlap: int) -> Backend:
     def run(inputs: Inputs) -> np.ndarray:
-        return denoiser.denoise_tiled(inputs.color, inputs.albedo, inputs.normal, tile, overlap)
+        return denoiser.denoise_tiled(inputs.color, inputs.albedo, inputs.normal, tile, overlap, inputs.emission)
 
-    return Backend(str(Path(checkpoint).resolve()), tuple(denoiser.spec.features[1:]), True, run)
+    # The emission layer is looked for but optional: without it lights are filtered like any pixel.
+    return Backend(str(Path(checkpoint).resolve()), (*denoiser.spec.features[1:], "emission"), True, run)
 
 
 def oidn_backend() -> Backend:

@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--color", default=None, help="colour layer name (default: found by name)")
     g.add_argument("--albedo", default=None, help="albedo layer name")
     g.add_argument("--normal", default=None, help="normal layer name")
+    g.add_argument("--emission", default=None,
+                   help="layer of directly seen emitters, kept out of the kernels around them (default: an "
+                        "Emit/emission layer if the file has one; none: ignore it)")
     g.add_argument("--normal-range", choices=["auto", "signed", "unsigned"], default="auto",
                    help="normals stored in [-1, 1] (signed) or [0, 1] (unsigned); default: detected")
     g.add_argument("--normal-space", choices=["auto", "world", "camera"], default="auto",
@@ -298,7 +301,7 @@ def _cmd_denoise(args) -> int:
             raise UserError(str(e)) from None
         denoiser = load_checkpoint(args.checkpoint).denoiser(device, precision)
         backend = network_backend(denoiser, args.checkpoint, args.tile, args.overlap)
-    layers = LayerOptions(args.color, args.albedo, args.normal, args.normal_range, args.normal_space)
+    layers = LayerOptions(args.color, args.albedo, args.normal, args.emission, args.normal_range, args.normal_space)
     options = BatchOptions(out, layers, args.keep_layers, args.skip_existing)
     return run_batch(files, backend, options)
 

@@ -116,8 +116,10 @@ class Denoiser:
                                   frame_exposure(self.spec, color), _emitter(emission, dev))
 
     @torch.inference_mode()
-    def denoise_tiled(self, color, albedo=None, normal=None, tile: int = 512, overlap: int = 96):
+    def denoise_tiled(self, color, albedo=None, normal=None, tile: int = 512, overlap: int = 96, emission=None):
         """Denoise an H x W x 3 numpy image tile by tile; returns H x W x 3 float32 numpy.
+
+        ``emission`` is optional, as in ``denoise``.
 
         Each output tile is computed from the tile plus ``overlap`` pixels of
         context on every side, with tile origins on the network's pooling grid,
@@ -138,7 +140,8 @@ class Denoiser:
                 cy1, cx1 = min(h, y1 + overlap), min(w, x1 + overlap)
                 window = (slice(cy0, cy1), slice(cx0, cx1))
                 y = self.denoise_batch(to_chw(color[window], dev), _opt_chw(_crop(albedo, window), dev),
-                                       _opt_chw(_crop(normal, window), dev), exposure)
+                                       _opt_chw(_crop(normal, window), dev), exposure,
+                                       _emitter(_crop(emission, window), dev))
                 out[y0:y1, x0:x1] = to_hwc_numpy(y[..., y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0])
         return out
 

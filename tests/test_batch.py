@@ -268,3 +268,48 @@ def test_unsigned_normals_are_converted(cli, tmp_path, checkpoint):
     assert "normals world-space in [-1, 1] (detected)" in outputs[1]
     a, b = read_exr(tmp_path / "out" / "u.exr"), read_exr(tmp_path / "out" / "s.exr")
     np.testing.assert_allclose(a.channels["R"], b.channels["R"], atol=1e-4)
+
+
+def lit_file(path, layer="ViewLayer.Emit."):
+    """A flat grey surface around a bright light, with the light in an emission layer."""
+    color, albedo, normal = planes()
+    color[:] = 0.2
+    emission = np.zeros_like(color)
+    emission[16:24, 20:36] = 20.0
+    color[16:24, 20:36] = 20.0
+    return exr(path, {**split("", color), **split("albedo.", albedo), **split("nn.", normal, "XYZ"),
+                      **split(layer, emission)}), color, emission
+
+
+def test_an_emission_layer_keeps_the_light_out_of_the_surface_around_it(cli, tmp_path, checkpoint):
+    from online_denoise.denoiser import load_checkpoint
+
+    f, color, emission = lit_file(tmp_path / "lit.exr")
+    proc = cli("denoise", f, "-o", tmp_path / "out", "--checkpoint", checkpoint)
+    assert proc.returncode == 0, proc.stderr
+    assert "lights kept out of the kernels (emission layer 'ViewLayer.Emit')" in proc.stdout
+    got = read_exr(tmp_path / "out" / "lit.exr")
+    got = np.stack([got.channels[c] for c in "RGB"], -1)
+    inp = read_exr(f)
+    from online_denoise.batch import LayerOptions, gather_inputs
+
+    buffers = gather_inputs(inp, ("albedo", "normal"), LayerOptions())
+    d = load_checkpoint(checkpoint).denoiser()
+    masked = d.denoise_tiled(buffers.color, buffers.albedo, buffers.normal, 4096, 0, emission)
+    plain = d.denoise_tiled(buffers.color, buffers.albedo, buffers.normal, 4096, 0)
+    np.testing.assert_allclose(got, masked, rtol=1e-3, atol=1e-4)
+    ring = np.zeros(color.shape[:2], bool)
+    ring[14:26, 18:38] = True
+    ring[16:24, 20:36] = False
+    # The grey beside the light stays grey with the mask; without it the kernels gather the light.
+    assert np.abs(masked[ring] - 0.2).max() < 0.02 < np.abs(plain[ring] - 0.2).max()
+
+    proc = cli("denoise", f, "-o", tmp_path / "off", "--checkpoint", checkpoint, "--emission", "none")
+    off = read_exr(tmp_path / "off" / "lit.exr")
+    np.testing.assert_allclose(np.stack([off.channels[c] for c in "RGB"], -1), plain, rtol=1e-3, atol=1e-4)
+
+
+def test_a_named_emission_layer_that_is_missing_is_an_error(cli, tmp_path, checkpoint):
+    f = mitsuba_file(tmp_path / "a.exr")
+    proc = cli("denoise", f, "-o", tmp_path / "out", "--checkpoint", checkpoint, "--emission", "lights")
+    assert proc.returncode == 1 and "no emission layer 'lights'" in proc.stderr and "a.exr" in proc.stderr
