@@ -173,7 +173,9 @@ class TemporalReuse:
         if lobes is None or cfg.lobe_fraction == 0:
             return torch.tensor(float(cfg.history), device=self.device)
         if self._lobe_table is None or self._lobe_table[0] is not lobes:
-            self._lobe_table = (lobes, torch.tensor(lobes, dtype=torch.float32, device=self.device))
+            # One more entry, infinite, for shape ids the table does not know (shapes inside instances).
+            widths = torch.tensor([*lobes, math.inf], dtype=torch.float32, device=self.device)
+            self._lobe_table = (lobes, widths)
         table = self._lobe_table[1]
         width = table[surface.round().long().clamp(0, table.numel() - 1)]
         turn = view_turn(position, pose, prev_pose)

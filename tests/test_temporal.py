@@ -295,6 +295,8 @@ def test_a_glossy_surface_keeps_a_history_as_long_as_the_view_turn_allows():
 
 def test_a_still_camera_or_no_lobe_table_leaves_glossy_history_uncapped():
     full = ramp_mean(12, 16)
+    # Shape 2 is not in the table (a shape inside an instance): treated as diffuse, not as the last entry.
+    np.testing.assert_allclose(sliding_run((math.inf, 0.0))[H // 2 + 2:-2, W // 2 - 3:W // 2 + 3], full, rtol=1e-4)
     np.testing.assert_allclose(sliding_run((math.inf, math.inf, 0.0), slide=0.0), full, rtol=1e-4)
     np.testing.assert_allclose(sliding_run(None)[2:-2, W // 2 - 3:W // 2 + 3], full, rtol=1e-4)
     np.testing.assert_allclose(sliding_run((math.inf, math.inf, 0.0), lobe_fraction=0.0)[2:-2, W // 2 - 3:W // 2 + 3],
