@@ -209,3 +209,17 @@ def test_compile_applies_only_to_the_role_asked_for():
     trained = infer_only.prepare(UNet(ModelConfig(width=8, depth=2)), "train")
     served = infer_only.prepare(UNet(ModelConfig(width=8, depth=2)), "infer")
     assert trained._compiled_call_impl is None and served._compiled_call_impl is not None
+
+
+def test_the_train_command_writes_a_checkpoint_that_records_how_it_was_made(cli, tmp_path):
+    out = tmp_path / "prior.pt"
+    proc = cli("train", "--scene", "cornell-box", "--res", "32", "--spp", "1", "--frames-per-scene", "2",
+               "--steps", "2", "--prior", "none", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    from online_denoise.denoiser import load_checkpoint
+
+    checkpoint = load_checkpoint(out)
+    record = checkpoint.meta["offline"]
+    assert record["frames"] == 2 and record["steps"] == 2 and record["scenes"] == ["cornell-box"]
+    assert record["command"].startswith("online-denoise train --scene cornell-box")
+    assert checkpoint.meta["steps"] == 2 and checkpoint.model_config.output == "kpn"
