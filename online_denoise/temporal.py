@@ -62,7 +62,7 @@ class TemporalConfig:
     stale_relative: float = 0.05  # ... and by this fraction of their level
     doubt_sigmas: float = 2.0  # a block off by this many sigmas (and the fraction) keeps a shorter history...
     doubt_history: int = 4  # ... of at most this many frames, so a slowly moving reflection lags less
-    lobe_fraction: float = 1.0  # a glossy pixel's history spans at most this many lobe widths of view turn; 0: off
+    lobe_fraction: float = 1.0  # a glossy pixel's history spans at most this many lobe widths of turn; 0: off
 
     def __post_init__(self):
         if not isinstance(self.history, int) or self.history < 1:

@@ -26,7 +26,8 @@ from .camera import CameraPath, Pose, load_path, orbit_path
 from .errors import RendererError
 from .frame import Frame
 from .lobes import shape_lobes
-from .scene import DEFAULT_SCENE, SceneError, SceneInfo, live_integrator_xml, prepare_xml, resolve_scene, scene_digest
+from .scene import (DEFAULT_SCENE, SceneError, SceneInfo, live_integrator_xml, prepare_xml, resolve_scene,
+                    scene_digest)
 from .variant import activate, choose_variant
 
 # A session draws its seeds from [seed * SEEDS_PER_SESSION, (seed + 1) * SEEDS_PER_SESSION):
@@ -106,8 +107,7 @@ class Renderer:
             raise SceneError(f"{self.scene_info.xml}: Mitsuba could not load it: {msg[-1] if msg else e}") from None
         self.sensor = self.scene.sensors()[0]
         self._scene_integrator = self.scene.integrator()  # references
-        early = live_integrator_xml(xml, config.rr_depth) if config.rr_depth is not None else None
-        self._early_integrator = mi.load_string(early) if early else None
+        self._early_integrator = self._load_early_integrator(xml, config.rr_depth)
         self._color_integrator = self._scene_integrator
         self.set_early_roulette(config.early_roulette)
         self._aux_integrator = mi.load_dict(aux_pass.integrator(mi))
@@ -133,6 +133,20 @@ class Renderer:
         self.set_pose(self.initial_pose)
 
     # -- setup -------------------------------------------------------------
+
+    def _load_early_integrator(self, xml: str, rr_depth: int | None):
+        """The scene's integrator with early Russian roulette, or None where there is none to make.
+
+        Early roulette is only a speed-up, so an integrator that does not load
+        on its own (say, one that needs the scene's other objects) is left as it is.
+        """
+        early = live_integrator_xml(xml, rr_depth) if rr_depth is not None else None
+        if early is None:
+            return None
+        try:
+            return self._mi.load_string(early)
+        except Exception:  # Mitsuba reports load problems as RuntimeError
+            return None
 
     def _find_sensor_key(self) -> str:
         keys = [k[: -len(".to_world")] for k in self._params.keys() if k.endswith(".to_world")]
