@@ -61,6 +61,9 @@ def test_fly_opens_a_window_and_writes_a_screenshot(xvfb, tmp_path):
     assert (panel.max(axis=-1) < 70).mean() > 0.3, "no HUD panel"
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["summary"]["hud_ms_mean"] > 0 and (tmp_path / "run" / "model.pt").is_file()
+    # The window redraws for a new frame or input, else only at the idle rate (4 Hz), while it polls at 60.
+    loop = run["summary"]["loop"]
+    assert loop["redraws"] <= loop["changes"] + 4 * loop["seconds"] + 2 and loop["polls"] > 2 * loop["redraws"]
 
 
 def test_no_display_falls_back_to_headless(tmp_path):
