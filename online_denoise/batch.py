@@ -27,7 +27,7 @@ COLOR_LAYERS = ("Noisy Image", "", "Combined", "color", "rgb", "beauty", "RGBA")
 ALBEDO_LAYERS = ("Denoising Albedo", "albedo", "alb", "Albedo", "DiffCol")
 NORMAL_LAYERS = ("Denoising Normal", "nn", "normals", "normal", "nrm", "sh_normal", "Normal", "N")
 # Directly seen emitters: Blender's Emission pass, or an AOV named so. Optional for every backend.
-EMISSION_LAYERS = ("Emit", "emission", "Emission", "emit")
+EMISSION_LAYERS = ("Emit", "emission")  # matched case-insensitively, with or without a view-layer prefix
 OIDN_SUFFIXES = {"color": ".hdr.exr", "albedo": ".alb.exr", "normal": ".nrm.exr"}
 RGB_SETS = (("R", "G", "B"), ("X", "Y", "Z"), ("r", "g", "b"), ("x", "y", "z"))
 CAMERA_SPACE_FRACTION = 0.97  # normals facing +z this often are taken to be camera-space
