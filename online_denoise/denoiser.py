@@ -18,7 +18,7 @@ import torch
 from .arrays import pad_to, to_chw, to_hwc_numpy
 from .color import autoexposure
 from .errors import UserError
-from .features import FeatureSpec, build_input, emitter_mask, finite
+from .features import FeatureSpec, background_mask, build_input, emitter_mask, finite
 from .files import atomic_write
 from .model import ModelConfig, build_model
 from .precision import Precision
@@ -68,10 +68,19 @@ def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
 
     ``emitter`` (N x 1 x H x W, from ``features.emitter_mask``) marks the
     directly seen emitters that the kernels of other pixels must not gather.
+    The kernel head also keeps the pixels whose normal says they hit nothing
+    (``features.background_mask``) apart, in training and inference alike.
     """
     x, c, (h, w) = prepare_input(model, spec, color, albedo, normal, exposure, precision)
+    masks = {}
+    if emitter is not None:
+        masks["emitter"] = pad_to(emitter, model.alignment)[0]
+    if normal is not None and getattr(model, "config", None) is not None and model.config.output == "kpn":
+        background = background_mask(normal)
+        if bool(background.any()):  # most frames and crops see no background: the plain filter is cheaper
+            masks["background"] = pad_to(background, model.alignment)[0]
     with precision.autocast(x.device):
-        y = model(x, c) if emitter is None else model(x, c, pad_to(emitter, model.alignment)[0])
+        y = model(x, c, **masks)
     return y.float()[..., :h, :w] / exposure
 
 

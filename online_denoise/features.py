@@ -79,3 +79,15 @@ def emitter_mask(emission: torch.Tensor) -> torch.Tensor:
     when its share of the light's radiance is over ``EMITTER_THRESHOLD``.
     """
     return (finite(emission).amax(dim=1, keepdim=True) > EMITTER_THRESHOLD).float()
+
+
+def background_mask(normal: torch.Tensor) -> torch.Tensor:
+    """N x 1 x H x W: 1 where every sample of a pixel missed the scene, else 0.
+
+    Such a pixel shows the environment behind the scene, or black, and that
+    has no Monte Carlo noise to filter. The aux pass, Blender's Denoising
+    Normal and OIDN's normal buffers all write a zero normal there, and a
+    surface's shading normal is never zero (a pixel that is only partly
+    covered averages to a shorter, non-zero one).
+    """
+    return (normal == 0).all(dim=1, keepdim=True).float()

@@ -135,13 +135,14 @@ class UNet(nn.Module):
         return F.leaky_relu(x, LEAKY_SLOPE)
 
     def forward(self, x: torch.Tensor, color: torch.Tensor | None = None,
-                emitter: torch.Tensor | None = None) -> torch.Tensor:
+                emitter: torch.Tensor | None = None, background: torch.Tensor | None = None) -> torch.Tensor:
         """Linear HDR N x 3 x H x W from features x, N x in_channels x H x W (multiples of ``alignment``).
 
         ``color`` is the noisy linear colour, N x 3 x H x W; the kpn head filters
         it, the direct head ignores it. ``emitter`` (N x 1 x H x W, 1 on pixels
-        that see an emitter directly) keeps those pixels out of the kpn kernels
-        of every other pixel (``filter_around_emitters``).
+        that see a bright emitter directly) and ``background`` (1 on pixels that
+        hit nothing) keep those pixels out of the kpn kernels of the surfaces
+        (``filter_around_emitters``).
         """
         act = self._act
         skips = [x]  # input
@@ -171,9 +172,10 @@ class UNet(nn.Module):
         def kernels(images: torch.Tensor) -> torch.Tensor:
             return apply_kernels(images, heads[0], k) if len(heads) == 1 else composite_scales(images, heads, k)
 
-        if emitter is None:
+        if emitter is None and background is None:
             return kernels(color.float())
-        return filter_around_emitters(kernels, color.float(), emitter.float())
+        return filter_around_emitters(kernels, color.float(), None if emitter is None else emitter.float(),
+                                      None if background is None else background.float())
 
 
 def apply_kernels(color: torch.Tensor, logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -228,27 +230,39 @@ def composite_scales(color: torch.Tensor, heads: list[torch.Tensor], k: int) -> 
     return out
 
 
-MIN_SURFACE_WEIGHT = 0.05  # below this share of surface taps, a pixel keeps its plain (unmasked) filtering
+MIN_SURFACE_WEIGHT = 0.05  # below this share of surface taps, a surface pixel keeps its own colour
 
 
-def filter_around_emitters(kernels, color: torch.Tensor, emitter: torch.Tensor) -> torch.Tensor:
-    """Filter ``color`` so that no pixel off an emitter gathers from a pixel on one.
+def filter_around_emitters(kernels, color: torch.Tensor, emitter: torch.Tensor | None,
+                           background: torch.Tensor | None = None) -> torch.Tensor:
+    """Filter ``color`` so that no surface pixel gathers from a bright emitter or from the background.
 
     A directly seen light is 20-100x brighter than the surface beside it, so
     any kernel weight on it lights up a halo, and the HDR loss, whose
     denominator is the prediction, charges too bright much less than too dark.
-    The kernels are linear in what they filter, so one pass over
-    [colour * surface, surface, colour * emitter] gives both a normalised
-    convolution over surface pixels only, K(c s) / K(s), and the plain K(c) =
-    K(c s) + K(c e). Surface pixels take the first, unless nearly all their
-    weight sat on emitters; emitter pixels keep the second.
+    Where the camera sees past the scene (the black outside an open Cornell
+    box, a sky through a window) the kernels smeared the walls into the black,
+    and the black into the walls. The kernels are linear in what they filter,
+    so one pass over [colour * surface, surface] gives a normalised
+    convolution over surface pixels only, K(c s) / K(s); with lights in view,
+    a third part, colour off the surfaces, also gives their plain K(c).
+    Surface pixels take the first (their own colour if nearly all their
+    weight sat off the surfaces), lights keep the plain filtering, and the
+    background keeps its own colour: it is what the environment looks like,
+    without noise.
     """
-    surface = 1.0 - emitter
-    out = kernels(torch.cat([color * surface, surface, color * emitter], dim=1))
-    on_surfaces, weight, on_emitters = out[:, 0:3], out[:, 3:4], out[:, 4:7]
-    plain = on_surfaces + on_emitters
+    direct = [m for m in (emitter, background) if m is not None]
+    surface = 1.0 - (direct[0] if len(direct) == 1 else torch.maximum(*direct))
+    parts = [color * surface, surface] + ([color * (1.0 - surface)] if emitter is not None else [])
+    out = kernels(torch.cat(parts, dim=1))
+    on_surfaces, weight = out[:, 0:3], out[:, 3:4]
     masked = on_surfaces / weight.clamp_min(MIN_SURFACE_WEIGHT)
-    return torch.where((surface > 0.5) & (weight > MIN_SURFACE_WEIGHT), masked, plain)
+    result = torch.where((surface > 0.5) & (weight > MIN_SURFACE_WEIGHT), masked, color)
+    if emitter is not None:
+        result = torch.where(emitter > 0.5, on_surfaces + out[:, 4:7], result)
+    if background is not None and emitter is not None:
+        result = torch.where(background > 0.5, color, result)  # a sun in the sky is background too
+    return result
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -57,6 +57,23 @@ def test_a_frames_emission_keeps_its_lights_out_of_the_surfaces_beside_them(fram
                                d.denoise((f.color_a + f.color_b) / 2, f.albedo, f.normal))
 
 
+def test_pixels_that_hit_nothing_are_shown_as_rendered(frame_factory):
+    torch.manual_seed(0)
+    f = frame_factory(40, 24)
+    f.normal[:, 12:] = 0.0  # the camera sees past the scene on the right: a sky, without noise
+    f.color_a[:, 12:] = f.color_b[:, 12:] = [0.2, 0.4, 0.9]
+    d = Denoiser(CFG, SPEC)
+    out = to_hwc_numpy(d.denoise_pair(f, "mean").denoised)
+    np.testing.assert_allclose(out[:, 12:], np.broadcast_to([0.2, 0.4, 0.9], (40, 12, 3)), rtol=1e-6)
+    # The surfaces' kernels do not gather the sky: a blinding one leaves them in the range of the surfaces.
+    f.color_a[:, 12:] = f.color_b[:, 12:] = 50.0
+    left = to_hwc_numpy(d.denoise_pair(f, "mean").denoised)[:, :12]
+    mean = (f.color_a + f.color_b)[:, :12] / 2
+    assert mean.min() - 1e-6 <= left.min() and left.max() <= mean.max() + 1e-6
+    f.normal[:, 12:] = 0.5  # the same colours on a surface are gathered
+    assert to_hwc_numpy(d.denoise_pair(f, "mean").denoised)[:, :12].max() > 2 * mean.max()
+
+
 def test_pair_mode_of_a_single_render_frame_is_that_render(frame_factory):
     f = frame_factory(32, 32)
     f.color_b = None

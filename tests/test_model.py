@@ -3,7 +3,7 @@ import torch
 
 from online_denoise.arrays import pad_to
 from online_denoise.config import PRESETS
-from online_denoise.features import emitter_mask
+from online_denoise.features import background_mask, emitter_mask
 from online_denoise.model import ModelConfig, UNet, apply_kernels, count_parameters
 
 
@@ -110,6 +110,65 @@ def test_gradients_flow_through_the_masked_filter():
     grads = [p.grad for p in m.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert m.out.weight.grad.abs().sum() > 0
+
+
+def _wall_at_the_edge_of_the_scene(size=32):
+    """A flat wall on the left half; on the right the camera sees past the scene, into black."""
+    color = torch.zeros(1, 3, size, size)
+    color[..., : size // 2] = 0.3
+    background = torch.zeros(1, 1, size, size)
+    background[..., size // 2:] = 1
+    return color, background
+
+
+@pytest.mark.parametrize("scales", [1, 3])
+def test_the_background_keeps_its_colour_and_stays_out_of_the_surfaces_kernels(scales):
+    torch.manual_seed(0)
+    m = UNet(ModelConfig(width=8, depth=3, output="kpn", scales=scales))
+    color, background = _wall_at_the_edge_of_the_scene()
+    x = torch.rand(1, 9, 32, 32)
+    with torch.no_grad():
+        plain, masked = m(x, color), m(x, color, background=background)
+    wall, black = background[0, 0] == 0, background[0, 0] == 1
+    # The plain kernels darken the wall along the edge and smear it into the black...
+    assert plain[0, :, wall].min() < 0.29 and plain[0, :, black].max() > 0.01
+    # ...the masked ones filter the wall over the wall only, and leave the background as it was.
+    torch.testing.assert_close(masked[0, :, wall], torch.full_like(masked[0, :, wall], 0.3))
+    assert bool((masked[0, :, black] == 0).all())
+
+
+def test_lights_and_background_together():
+    torch.manual_seed(0)
+    m = UNet(ModelConfig(width=8, depth=3, output="kpn", scales=2))
+    color, emitter = _light_in_a_flat_ceiling(1)
+    background = torch.zeros_like(emitter)
+    background[..., :, 28:] = 1
+    color = torch.where(background > 0, torch.full_like(color, 0.9), color)  # a sky beside the ceiling
+    x = torch.rand(1, 9, 32, 32)
+    with torch.no_grad():
+        plain, masked = m(x, color), m(x, color, emitter, background)
+    ceiling = (emitter[0, 0] == 0) & (background[0, 0] == 0)
+    torch.testing.assert_close(masked[0, :, ceiling], torch.full_like(masked[0, :, ceiling], 0.5))
+    torch.testing.assert_close(masked[0, :, background[0, 0] == 1], color[0, :, background[0, 0] == 1])
+    light = emitter[0, 0] == 1
+    torch.testing.assert_close(masked[0, :, light], plain[0, :, light])  # lights keep the plain filtering
+
+
+def test_gradients_flow_through_the_background_filter():
+    torch.manual_seed(0)
+    m = UNet(ModelConfig(width=8, depth=3, output="kpn", scales=2))
+    color, background = _wall_at_the_edge_of_the_scene()
+    m(torch.rand(1, 9, 32, 32), color + torch.rand_like(color), background=background).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+    assert m.out.weight.grad.abs().sum() > 0
+
+
+def test_background_mask_marks_pixels_that_hit_nothing():
+    normal = torch.zeros(1, 3, 1, 4)
+    normal[0, :, 0, 0] = torch.tensor([0.0, 0.0, 1.0])  # a surface
+    normal[0, :, 0, 1] = torch.tensor([0.0, 0.0, 0.25])  # a quarter of a surface at a silhouette
+    normal[0, :, 0, 3] = float("nan")
+    assert background_mask(normal)[0, 0, 0].tolist() == [0, 0, 1, 0]
 
 
 def test_emitter_mask_marks_bright_emission_and_ignores_nan():
