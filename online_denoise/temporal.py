@@ -7,7 +7,9 @@ previous camera, the previous running mean is read there, and the new render
 is blended in with weight 1/n, where n counts the frames the pixel has been
 seen, up to ``history``. Where the old pixel was something else (a
 disocclusion, a silhouette, another shape, another material, or off screen)
-the history restarts at n = 1. So does every pixel within one pixel of a
+the history restarts at n = 1. Beside an edge, the four pixels of the
+bilinear lookup are tested one by one, and only those on the pixel's own
+surface are read. So does every pixel within one pixel of a
 bright emitter (``features.emitter_mask``): the aux pass's samples can miss a
 light's edge where a colour render's sample hit it, and that spike, half the
 light's radiance, then lived on in the running mean for up to ``history``
@@ -190,19 +192,18 @@ class TemporalReuse:
                              prev["solid"]], 1)
         looked = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="border", align_corners=False)
         k = 3 * len(colors)
-        old_colors = [looked[:, 3 * i:3 * i + 3].clamp_min(0.0) for i in range(len(colors))]
-        old_depth, old_albedo = looked[:, k:k + 1], looked[:, k + 1:k + 4]
-        old_normal, old_surface, old_solid = looked[:, k + 4:k + 7], looked[:, k + 7:k + 8], looked[:, k + 8:k + 9]
         old_counts = F.grid_sample(torch.cat(prev["counts"], 1), grid, mode="nearest", padding_mode="border",
                                    align_corners=False)
         inside = (grid.abs() < 1).all(-1).unsqueeze(1) & (depth_then > 0)
         # Bilinear lookups of the solid mask and shape index equal the exact values only when all four
-        # neighbours agree, so these tests also refuse history that straddles an edge.
-        same = (inside & solid & (old_solid > 0.999)
-                & ((old_depth - depth_then).abs() < cfg.depth_tolerance * depth_then)
-                & ((old_surface - surface).abs() < 1e-3)
-                & ((old_albedo - albedo).abs().amax(1, keepdim=True) < cfg.albedo_tolerance)
-                & ((old_normal * normal).sum(1, keepdim=True) > cfg.normal_cos))
+        # neighbours agree, so these tests also refuse history that straddles an edge...
+        same = inside & solid & self._same_surface(looked[:, k:], depth_then, surface, albedo, normal)
+        # ...and there each of the four is tested on its own instead.
+        edge = (inside & solid & ~same).view(-1).nonzero().squeeze(1)
+        if edge.numel():
+            self._per_tap(edge, stacked, torch.cat(prev["counts"], 1), grid, looked, old_counts, same, k,
+                          depth_then, surface, albedo, normal)
+        old_colors = [looked[:, 3 * i:3 * i + 3].clamp_min(0.0) for i in range(len(colors))]
         counts, means = [], []
         for i, (old, new) in enumerate(zip(old_colors, colors)):
             stale, doubtful = self._stale(old, new, same, old_counts[:, i:i + 1])
@@ -212,6 +213,50 @@ class TemporalReuse:
             counts.append(count)
             means.append(torch.where(keep, old + (new - old) / count, new))
         return counts, means
+
+    def _same_surface(self, old: torch.Tensor, depth_then, surface, albedo, normal) -> torch.Tensor:
+        """Whether the looked-up geometry (depth, albedo, normal, shape index, solid; along dim 1) is this pixel's."""
+        cfg = self.config
+        return ((old[:, 8:9] > 0.999)
+                & ((old[:, 0:1] - depth_then).abs() < cfg.depth_tolerance * depth_then)
+                & ((old[:, 7:8] - surface).abs() < 1e-3)
+                & ((old[:, 1:4] - albedo).abs().amax(1, keepdim=True) < cfg.albedo_tolerance)
+                & ((old[:, 4:7] * normal).sum(1, keepdim=True) > cfg.normal_cos))
+
+    def _per_tap(self, edge, stacked, counts, grid, looked, old_counts, same, k, depth_then, surface, albedo,
+                 normal) -> None:
+        """Redo the lookup of the ``edge`` pixels (flat indices) tap by tap, in place.
+
+        A pixel beside an edge looks back at a footprint that straddles it, and
+        its one bilinear lookup fails the tests; without this, every edge's band
+        of 2-3 pixels restarted at each camera move, and stayed at the noise of
+        one frame. Each of the four pixels around the point is tested on its
+        own, and the bilinear weights of those that pass are renormalised, so
+        the pixel keeps the history of its own side.
+        """
+        h, w = stacked.shape[-2:]
+        at = lambda x: x.reshape(x.shape[1], h * w)[:, edge].unsqueeze(0)  # 1 x C x n
+        flat, flat_counts = stacked.reshape(stacked.shape[1], h * w), counts.reshape(counts.shape[1], h * w)
+        here = [at(x) for x in (depth_then, surface, albedo, normal)]
+        xy = grid.reshape(h * w, 2)[edge]
+        # grid_sample's align_corners=False convention: -1 and 1 are the outer edges of the corner pixels.
+        x, y = (xy[:, 0] + 1) * w / 2 - 0.5, (xy[:, 1] + 1) * h / 2 - 0.5
+        x0, y0 = x.floor(), y.floor()
+        total, weight = 0.0, 0.0
+        for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            xi, yi = x0 + dx, y0 + dy
+            bilinear = (x - x0 if dx else 1 - (x - x0)) * (y - y0 if dy else 1 - (y - y0))
+            on_image = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+            index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long()
+            tap = flat[:, index].unsqueeze(0)
+            wt = bilinear * on_image * self._same_surface(tap[:, k:], *here)[0, 0]
+            total = total + wt * torch.cat([tap[0, :k], flat_counts[:, index]])
+            weight = weight + wt
+        kept = weight > 1e-3
+        back = total / weight.clamp_min(1e-3)
+        looked.view(looked.shape[1], h * w)[:k, edge] = back[:k]
+        old_counts.view(old_counts.shape[1], h * w)[:, edge] = back[k:]
+        same.view(h * w)[edge] = kept
 
     def _stale(self, old: torch.Tensor, new: torch.Tensor, same: torch.Tensor, old_count: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:

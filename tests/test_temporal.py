@@ -138,6 +138,34 @@ def test_pixels_straddling_two_shapes_are_not_reused():
     np.testing.assert_array_equal(to_numpy(out.color_a)[:, 10], second.color_a[:, 10])
 
 
+def test_pixels_beside_an_edge_keep_the_history_of_their_own_side():
+    """Slide the camera a fraction of a pixel across the seam of two shapes on one plane.
+
+    The pixels beside the seam look back at a footprint that straddles it; they
+    keep the history of their own shape, and never mix in the other's.
+    """
+    moved = Pose(POSE.position + np.array([0.02, 0.0, 0.0]), POSE.rotation, POSE.fov)  # about 0.3 pixels
+
+    def shapes(pose, left, right):
+        p = plane_positions(pose)
+        on_left = p[..., :1] > 0  # the image's left is the world's +x
+        surface = np.where(on_left, 3.0, 4.0).astype(np.float32)
+        color = np.where(on_left, left, right).repeat(3, -1).astype(np.float32)
+        return replace(frame(1, pose=pose, position=p, surface=surface), color_a=color, color_b=color)
+
+    reuse = history(8)
+    reuse.apply(shapes(POSE, 1.0, 3.0))
+    second = shapes(moved, 1.04, 3.12)  # 4% up: below what the stale test would call a changed level
+    out, _ = reuse.apply(second)
+    got = to_numpy(out.color_a)[..., 0]
+    first_shape = second.surface[..., 0] == 3.0
+    assert 0 < first_shape[0].sum() < W
+    # Every pixel, those beside the seam too, is the mean of its own shape's old and new samples
+    # (the outer columns aside: one of them has just come into view).
+    expected = np.where(first_shape, 1.02, 3.06)
+    np.testing.assert_allclose(got[:, 1:-1], expected[:, 1:-1], rtol=1e-5)
+
+
 def test_pixels_at_and_beside_a_light_are_not_reused():
     reuse = history(8)
     emission = np.zeros((H, W, 3), np.float32)
