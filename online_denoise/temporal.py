@@ -7,9 +7,9 @@ previous camera, the previous running mean is read there, and the new render
 is blended in with weight 1/n, where n counts the frames the pixel has been
 seen, up to ``history``. Where the old pixel was something else (a
 disocclusion, a silhouette, another shape, another material, or off screen)
-the history restarts at n = 1. Beside an edge, the four pixels of the
+the history restarts at n = 1. (Beside an edge, the four pixels of the
 bilinear lookup are tested one by one, and only those on the pixel's own
-surface are read. So does every pixel within one pixel of a
+surface are read.) So does every pixel within one pixel of a
 bright emitter (``features.emitter_mask``): the aux pass's samples can miss a
 light's edge where a colour render's sample hit it, and that spike, half the
 light's radiance, then lived on in the running mean for up to ``history``
