@@ -5,7 +5,8 @@ Per pixel, averaged over its samples like any film:
   0:3    emission: radiance of a directly seen emitter (an area light, or the
          environment where the ray leaves the scene), 0 elsewhere
   3:6    albedo (the BSDF's diffuse reflectance; unbounded on rough metals)
-  6:9    shading normal
+  6:9    shading normal (0 where the ray leaves the scene, unless it does so through
+         the camera's own medium: see ``sample``)
   9:12   world position
   12     shape index (which shape was hit; fractional where a pixel straddles two)
 
@@ -52,7 +53,11 @@ def _register(mi) -> None:
             emission = si.emitter(scene, active).eval(si, active)
             hit = active & si.is_valid()
             albedo = dr.select(hit, si.bsdf(ray).eval_diffuse_reflectance(si, hit), 0.0)
-            normal = dr.select(hit, si.sh_frame.n, 0.0)
+            # A zero normal tells the denoiser that a pixel saw nothing but the environment, which has no
+            # noise, and it shows such a pixel as rendered. A camera inside a medium (fog) sees that
+            # medium's noisy in-scattering wherever its rays leave the scene, so there a miss gets the
+            # normal of a surface facing the camera instead. (Mitsuba passes the sensor's medium here.)
+            normal = dr.select(hit, si.sh_frame.n, 0.0 if medium is None else -ray.d)
             position = dr.select(hit, si.p, 0.0)
             shape = mi.Float(dr.reinterpret_array(mi.UInt32, si.shape))  # as the aov integrator writes it
             return emission, active, [*albedo, *normal, *position, shape]

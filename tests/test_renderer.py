@@ -76,6 +76,27 @@ def test_emission_includes_the_environment_where_rays_leave_the_scene(tmp_path):
     np.testing.assert_allclose(f.emission[~hit], 0.25, rtol=1e-5)
 
 
+@pytest.mark.parametrize("fog", [False, True])
+def test_rays_that_leave_the_scene_have_no_normal_unless_the_camera_is_in_a_medium(tmp_path, fog):
+    """A zero normal marks the noise-free background; fog around the camera is not that."""
+    xml = tmp_path / "ball.xml"
+    medium = '<medium type="homogeneous" id="fog"><float name="sigma_t" value="0.2"/></medium>' if fog else ""
+    xml.write_text(f'<scene version="3.0.0">{medium}<emitter type="constant"/>'
+                   '<sensor type="perspective">' + ('<ref id="fog"/>' if fog else "")
+                   + '<transform name="to_world"><lookat origin="0, 0, 6" target="0, 0, 0" up="0, 1, 0"/></transform>'
+                   '</sensor><shape type="sphere"><float name="radius" value="1"/></shape></scene>')
+    r = Renderer(RenderConfig(scene=str(xml), width=16, height=16, spp=1))
+    f = r.render_pair(r.initial_pose)
+    miss = (f.position == 0).all(-1)
+    assert 0 < miss.sum() < miss.size
+    lengths = np.linalg.norm(f.normal[miss], axis=-1)
+    if fog:
+        np.testing.assert_allclose(lengths, 1.0, rtol=1e-4)
+        assert (f.normal[miss][:, 2] > 0.9).all()  # facing the camera, which looks down -z
+    else:
+        assert (lengths == 0).all()
+
+
 def test_each_shape_carries_its_lobe_width(tmp_path):
     """Frame.lobes, indexed by the aux pass's shape index, gives each pixel its material's view dependence."""
     xml = tmp_path / "balls.xml"
