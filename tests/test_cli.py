@@ -141,7 +141,10 @@ def test_ctrl_c_stops_cleanly_and_saves_the_checkpoint(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "online_denoise.cli", "fly", "--headless", "--frames", "100000",
                              "--out", str(out), "--save-every", "0", *TINY], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # A shell's background job inherits SIGINT ignored, and Python then keeps
+                            # ignoring it; give the child a user's terminal default, whoever runs the tests.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (out / "metrics.jsonl").is_file() or len((out / "metrics.jsonl").read_text().splitlines()) < 10:
         assert proc.poll() is None, proc.communicate()
