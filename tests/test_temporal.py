@@ -166,6 +166,40 @@ def test_pixels_beside_an_edge_keep_the_history_of_their_own_side():
     np.testing.assert_allclose(got[:, 1:-1], expected[:, 1:-1], rtol=1e-5)
 
 
+def test_pixels_beside_a_texture_edge_restart_instead_of_reading_a_neighbouring_texel():
+    """The same slide over one shape whose albedo steps: a texture edge, not a geometric one.
+
+    The aux albedo of a few samples cannot say which texel a tap belongs to,
+    so the pixels whose bilinear footprint straddles the step take their new
+    samples only, and the rest average old and new.
+    """
+    moved = Pose(POSE.position + np.array([0.02, 0.0, 0.0]), POSE.rotation, POSE.fov)
+
+    def textured(pose, left, right):
+        p = plane_positions(pose)
+        on_left = p[..., :1] > 0
+        albedo = np.where(on_left, 0.2, 0.8).repeat(3, -1).astype(np.float32)
+        color = np.where(on_left, left, right).repeat(3, -1).astype(np.float32)
+        return replace(frame(1, pose=pose, position=p, albedo=albedo), color_a=color, color_b=color)
+
+    reuse = history(8)
+    reuse.apply(textured(POSE, 1.0, 3.0))
+    second = textured(moved, 1.04, 3.12)
+    got = to_numpy(reuse.apply(second)[0].color_a)[..., 0]
+    dark = second.albedo[..., 0] == np.float32(0.2)
+    step = np.nonzero(np.diff(dark[0].astype(int)))[0][0]  # the last column before the step
+    fresh = np.isclose(got, second.color_a[..., 0], rtol=1e-6)
+    fresh[:, [0, -1]] = False  # one outer column has just come into view
+    columns = np.nonzero(fresh.all(0))[0]
+    # The straddling column restarts (reading the neighbour texel of its own albedo gave 1.02)...
+    assert columns.size >= 1 and set(columns) <= {step, step + 1}
+    assert (fresh.any(0) == fresh.all(0)).all()
+    # ...and everything else averages its own side's old and new samples.
+    rest = ~fresh
+    rest[:, [0, -1]] = False
+    np.testing.assert_allclose(got[rest], np.where(dark, 1.02, 3.06)[rest], rtol=1e-5)
+
+
 def test_pixels_at_and_beside_a_light_are_not_reused():
     reuse = history(8)
     emission = np.zeros((H, W, 3), np.float32)
