@@ -94,6 +94,20 @@ def test_kernels_never_gather_light_into_the_surfaces_around_it(scales):
     torch.testing.assert_close(masked[:, :, ~surface], plain[:, :, ~surface])
 
 
+def test_a_bright_pixel_beside_a_light_is_gathered_by_no_surface():
+    """A colour sample hit the light where the aux pass's samples missed it: that pixel must not spread."""
+    torch.manual_seed(0)
+    m = UNet(ModelConfig(width=8, depth=3, output="kpn", scales=2))
+    color, emitter = _light_in_a_flat_ceiling(1)
+    color[..., 20, 15] = 4.0  # just below the light, outside the mask
+    x = torch.rand(1, 9, 32, 32)
+    with torch.no_grad():
+        masked = m(x, color, emitter)
+    surface = emitter[0, 0] == 0
+    # Every surface pixel, the bright one included, is the flat ceiling filtered over the other surfaces.
+    torch.testing.assert_close(masked[0, :, surface], torch.full_like(masked[0, :, surface], 0.5))
+
+
 def test_an_empty_emitter_mask_changes_nothing():
     torch.manual_seed(0)
     m = UNet(ModelConfig(width=8, depth=3, output="kpn", scales=2))
