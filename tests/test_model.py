@@ -67,6 +67,11 @@ def test_kpn_with_one_hot_kernel_is_identity():
     torch.testing.assert_close(apply_kernels(color, logits, 3), color)
 
 
+def _small_kpn(scales: int) -> UNet:
+    torch.manual_seed(0)
+    return UNet(ModelConfig(width=8, depth=3, output="kpn", scales=scales))
+
+
 def _light_in_a_flat_ceiling(n=2, size=32):
     color = torch.full((n, 3, size, size), 0.5)
     emitter = torch.zeros(n, 1, size, size)
@@ -76,8 +81,7 @@ def _light_in_a_flat_ceiling(n=2, size=32):
 
 @pytest.mark.parametrize("scales", [1, 3])
 def test_kernels_never_gather_light_into_the_surfaces_around_it(scales):
-    torch.manual_seed(0)
-    m = UNet(ModelConfig(width=8, depth=3, output="kpn", scales=scales))
+    m = _small_kpn(scales)
     color, emitter = _light_in_a_flat_ceiling()
     x = torch.rand(2, 9, 32, 32)
     with torch.no_grad():
@@ -96,8 +100,7 @@ def test_kernels_never_gather_light_into_the_surfaces_around_it(scales):
 
 def test_a_bright_pixel_beside_a_light_is_gathered_by_no_surface():
     """A colour sample hit the light where the aux pass's samples missed it: that pixel must not spread."""
-    torch.manual_seed(0)
-    m = UNet(ModelConfig(width=8, depth=3, output="kpn", scales=2))
+    m = _small_kpn(2)
     color, emitter = _light_in_a_flat_ceiling(1)
     color[..., 20, 15] = 4.0  # just below the light, outside the mask
     x = torch.rand(1, 9, 32, 32)
@@ -109,16 +112,14 @@ def test_a_bright_pixel_beside_a_light_is_gathered_by_no_surface():
 
 
 def test_an_empty_emitter_mask_changes_nothing():
-    torch.manual_seed(0)
-    m = UNet(ModelConfig(width=8, depth=3, output="kpn", scales=2))
+    m = _small_kpn(2)
     x, color = torch.rand(1, 9, 32, 32), torch.rand(1, 3, 32, 32) * 3
     with torch.no_grad():
         torch.testing.assert_close(m(x, color, torch.zeros(1, 1, 32, 32)), m(x, color), rtol=1e-5, atol=1e-6)
 
 
 def test_gradients_flow_through_the_masked_filter():
-    torch.manual_seed(0)
-    m = UNet(ModelConfig(width=8, depth=3, output="kpn", scales=2))
+    m = _small_kpn(2)
     color, emitter = _light_in_a_flat_ceiling(1)
     m(torch.rand(1, 9, 32, 32), color + torch.rand_like(color), emitter).mean().backward()
     grads = [p.grad for p in m.parameters()]
@@ -137,8 +138,7 @@ def _wall_at_the_edge_of_the_scene(size=32):
 
 @pytest.mark.parametrize("scales", [1, 3])
 def test_the_background_keeps_its_colour_and_stays_out_of_the_surfaces_kernels(scales):
-    torch.manual_seed(0)
-    m = UNet(ModelConfig(width=8, depth=3, output="kpn", scales=scales))
+    m = _small_kpn(scales)
     color, background = _wall_at_the_edge_of_the_scene()
     x = torch.rand(1, 9, 32, 32)
     with torch.no_grad():
@@ -152,8 +152,7 @@ def test_the_background_keeps_its_colour_and_stays_out_of_the_surfaces_kernels(s
 
 
 def test_lights_and_background_together():
-    torch.manual_seed(0)
-    m = UNet(ModelConfig(width=8, depth=3, output="kpn", scales=2))
+    m = _small_kpn(2)
     color, emitter = _light_in_a_flat_ceiling(1)
     background = torch.zeros_like(emitter)
     background[..., :, 28:] = 1
@@ -169,8 +168,7 @@ def test_lights_and_background_together():
 
 
 def test_gradients_flow_through_the_background_filter():
-    torch.manual_seed(0)
-    m = UNet(ModelConfig(width=8, depth=3, output="kpn", scales=2))
+    m = _small_kpn(2)
     color, background = _wall_at_the_edge_of_the_scene()
     m(torch.rand(1, 9, 32, 32), color + torch.rand_like(color), background=background).mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
