@@ -253,16 +253,14 @@ def filter_around_emitters(kernels, color: torch.Tensor, emitter: torch.Tensor |
 
     The one-pixel ring of surface around a light is filtered like any surface
     but feeds no surface's kernel: the aux pass's few samples decide the
-    mask, so a colour sample in the ring may still have hit the light, and a
-    ring pixel at a tenth of a bulb's radiance, gathered by its neighbours,
-    made a tinted halo of every fairy-light bulb (25.91 -> 27.88 dB there).
+    mask, so a colour sample in the ring may still have hit the light, and
+    such a pixel, gathered by its neighbours, made a tinted halo of every
+    fairy-lights bulb (25.91 -> 27.88 dB there once it no longer was).
     """
     direct = [m for m in (emitter, background) if m is not None]
     surface = 1.0 - (direct[0] if len(direct) == 1 else torch.maximum(*direct))
     source = surface
     if emitter is not None:
-        # The ring of surface pixels around a light is filtered but gathered by no one: a colour sample
-        # there may have hit the light where the aux pass's samples missed it.
         source = surface * (1.0 - F.max_pool2d(emitter, 3, stride=1, padding=1))
     parts = [color * source, source] + ([color * (1.0 - source)] if emitter is not None else [])
     out = kernels(torch.cat(parts, dim=1))
