@@ -72,6 +72,13 @@ def _small_kpn(scales: int) -> UNet:
     return UNet(ModelConfig(width=8, depth=3, output="kpn", scales=scales))
 
 
+def _plain_and_masked(m: UNet, color: torch.Tensor, **masks) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels applied to ``color`` as they are, and with the masks keeping pixels out of them."""
+    x = torch.rand(color.shape[0], 9, *color.shape[-2:])
+    with torch.no_grad():
+        return m(x, color), m(x, color, **masks)
+
+
 def _light_in_a_flat_ceiling(n=2, size=32):
     color = torch.full((n, 3, size, size), 0.5)
     emitter = torch.zeros(n, 1, size, size)
@@ -83,9 +90,7 @@ def _light_in_a_flat_ceiling(n=2, size=32):
 def test_kernels_never_gather_light_into_the_surfaces_around_it(scales):
     m = _small_kpn(scales)
     color, emitter = _light_in_a_flat_ceiling()
-    x = torch.rand(2, 9, 32, 32)
-    with torch.no_grad():
-        plain, masked = m(x, color), m(x, color, emitter)
+    plain, masked = _plain_and_masked(m, color, emitter=emitter)
     surface = emitter[0, 0] == 0
     beside = torch.zeros(32, 32, dtype=torch.bool)
     beside[10:22, 10:22] = True
@@ -140,9 +145,7 @@ def _wall_at_the_edge_of_the_scene(size=32):
 def test_the_background_keeps_its_colour_and_stays_out_of_the_surfaces_kernels(scales):
     m = _small_kpn(scales)
     color, background = _wall_at_the_edge_of_the_scene()
-    x = torch.rand(1, 9, 32, 32)
-    with torch.no_grad():
-        plain, masked = m(x, color), m(x, color, background=background)
+    plain, masked = _plain_and_masked(m, color, background=background)
     wall, black = background[0, 0] == 0, background[0, 0] == 1
     # The plain kernels darken the wall along the edge and smear it into the black...
     assert plain[0, :, wall].min() < 0.29 and plain[0, :, black].max() > 0.01
@@ -157,9 +160,7 @@ def test_lights_and_background_together():
     background = torch.zeros_like(emitter)
     background[..., :, 28:] = 1
     color = torch.where(background > 0, torch.full_like(color, 0.9), color)  # a sky beside the ceiling
-    x = torch.rand(1, 9, 32, 32)
-    with torch.no_grad():
-        plain, masked = m(x, color), m(x, color, emitter, background)
+    plain, masked = _plain_and_masked(m, color, emitter=emitter, background=background)
     ceiling = (emitter[0, 0] == 0) & (background[0, 0] == 0)
     torch.testing.assert_close(masked[0, :, ceiling], torch.full_like(masked[0, :, ceiling], 0.5))
     torch.testing.assert_close(masked[0, :, background[0, 0] == 1], color[0, :, background[0, 0] == 1])
