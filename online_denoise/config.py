@@ -80,7 +80,7 @@ def parse_res(text: str) -> tuple[int, int]:
 def parse_features(text: str) -> tuple[str, ...]:
     names = tuple(f.strip() for f in text.split(",") if f.strip())
     if not names or names[0] != "color" or any(f not in FEATURE_CHANNELS for f in names) or len(set(names)) != len(names):
-        raise UserError(f"--features {text}: expected 'color' followed by any of albedo, normal (comma-separated)")
+        raise UserError(f"--features {text}: expected 'color' followed by any of albedo, normal, history (comma-separated)")
     return names
 
 
@@ -116,7 +116,8 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
                    help="output head: per-pixel kernels or the paper's direct colour (default: preset)")
     g.add_argument("--kernel-size", type=int, default=None, help="kpn kernel side, odd (default: preset)")
     g.add_argument("--scales", type=int, default=None, help="kpn scales: full, 1/2, 1/4... (default: preset)")
-    g.add_argument("--features", default="color,albedo,normal", help="network inputs (default color,albedo,normal)")
+    g.add_argument("--features", default="color,albedo,normal", help="network inputs: color, then any of albedo, normal, history "
+                        "(each pixel's noise level from the frames temporal reuse averaged; default color,albedo,normal)")
     g.add_argument("--transfer", default="paper", help="input transfer: paper ((v/(1+v))^(1/2.2)), log or linear")
     g.add_argument("--exposure-norm", choices=["none", "auto"], default="none",
                    help="scale each frame to middle grey before the transfer")

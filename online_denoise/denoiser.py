@@ -18,7 +18,7 @@ import torch
 from .arrays import pad_to, to_chw, to_hwc_numpy
 from .color import autoexposure
 from .errors import UserError
-from .features import FeatureSpec, background_mask, build_input, emitter_mask, finite
+from .features import FeatureSpec, background_mask, build_input, emitter_mask, finite, mean_frames
 from .files import atomic_write
 from .model import ModelConfig, build_model
 from .precision import Precision
@@ -49,10 +49,11 @@ def select_device(name: str = "auto") -> torch.device:
 
 def prepare_input(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor, albedo: torch.Tensor | None,
                   normal: torch.Tensor | None, exposure: torch.Tensor | float = 1.0,
-                  precision: Precision = Precision()) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+                  precision: Precision = Precision(), frames: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """Features and colour, padded to the network's alignment, plus the unpadded size."""
     color = finite(color) * exposure
-    x = build_input(spec, color, albedo, normal)
+    x = build_input(spec, color, albedo, normal, frames)
     x, size = pad_to(x, model.alignment)
     c, _ = pad_to(color, model.alignment)
     if precision.channels_last:
@@ -63,15 +64,18 @@ def prepare_input(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor
 def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
                 albedo: torch.Tensor | None, normal: torch.Tensor | None,
                 exposure: torch.Tensor | float = 1.0, precision: Precision = Precision(),
-                emitter: torch.Tensor | None = None) -> torch.Tensor:
+                emitter: torch.Tensor | None = None, frames: torch.Tensor | None = None) -> torch.Tensor:
     """Linear HDR prediction, N x 3 x H x W (fp32), for N x 3 x H x W inputs of any size.
+
+    ``frames`` (N x 1 x H x W) counts the frames each pixel of ``color``
+    averages under temporal reuse; None: one (``features.noise_level``).
 
     ``emitter`` (N x 1 x H x W, from ``features.emitter_mask``) marks the
     directly seen emitters that the kernels of other pixels must not gather.
     The kernel head also keeps the pixels whose normal says they hit nothing
     (``features.background_mask``) apart, in training and inference alike.
     """
-    x, c, (h, w) = prepare_input(model, spec, color, albedo, normal, exposure, precision)
+    x, c, (h, w) = prepare_input(model, spec, color, albedo, normal, exposure, precision, frames)
     masks = {}
     if emitter is not None:
         masks["emitter"] = pad_to(emitter, model.alignment)[0]
@@ -109,9 +113,11 @@ class Denoiser:
 
     @torch.inference_mode()
     def denoise_batch(self, color: torch.Tensor, albedo: torch.Tensor | None, normal: torch.Tensor | None,
-                      exposure: float = 1.0, emitter: torch.Tensor | None = None) -> torch.Tensor:
+                      exposure: float = 1.0, emitter: torch.Tensor | None = None,
+                      frames: torch.Tensor | None = None) -> torch.Tensor:
         y = run_network(self.model, self.spec, color.to(self.device), _opt(albedo, self.device),
-                        _opt(normal, self.device), exposure, self.precision, _opt(emitter, self.device))
+                        _opt(normal, self.device), exposure, self.precision, _opt(emitter, self.device),
+                        _opt(frames, self.device))
         return y.clamp_min(0.0)
 
     def denoise(self, color, albedo=None, normal=None, emission=None) -> torch.Tensor:
@@ -174,14 +180,18 @@ class Denoiser:
             colors.append(to_chw(frame.color_b, dev))
         single = len(colors) == 1
         mean = not single and pair == "mean"
+        frames = _frames(frame, dev, len(colors))
         if mean:
             colors = [(colors[0] + colors[1]) / 2] + (colors if each else [])
+            if frames is not None:
+                frames = [mean_frames(*frames)] + (frames if each else [])
         color = torch.cat(colors)
         albedo, normal = _opt_chw(frame.albedo, dev), _opt_chw(frame.normal, dev)
         emitter = _emitter(getattr(frame, "emission", None), dev)
         n = color.shape[0]
         out = self.denoise_batch(color, _expand(albedo, n), _expand(normal, n),
-                                 frame_exposure(self.spec, frame.color_a), _expand(emitter, n))
+                                 frame_exposure(self.spec, frame.color_a), _expand(emitter, n),
+                                 None if frames is None else torch.cat(frames))
         if single:
             return PairResult(out, out, None, self.version)
         if mean:
@@ -212,6 +222,14 @@ def _emitter(emission, device):
         return None
     mask = emitter_mask(to_chw(emission, device))
     return mask if bool(mask.any()) else None
+
+
+def _frames(frame, device, renders: int) -> list[torch.Tensor] | None:
+    """Each render's frames-averaged map (temporal reuse), or None for plain renders."""
+    maps = [getattr(frame, "frames_a", None), getattr(frame, "frames_b", None)][:renders]
+    if any(m is None for m in maps):
+        return None
+    return [to_chw(m, device) for m in maps]
 
 
 def _crop(x, window):

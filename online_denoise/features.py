@@ -13,7 +13,7 @@ import torch
 
 from .color import get_transfer
 
-FEATURE_CHANNELS = {"color": 3, "albedo": 3, "normal": 3}
+FEATURE_CHANNELS = {"color": 3, "albedo": 3, "normal": 3, "history": 1}
 EXPOSURE_MODES = ("none", "auto")
 
 
@@ -53,11 +53,36 @@ def finite(x: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def noise_level(frames: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """N x 1 x H x W: each pixel's noise, in standard deviations of one render, from the frames it averages.
+
+    Temporal reuse makes a pixel the running mean of 1 to 16 frames, and a
+    disocclusion, a texture edge or a stale glossy block restarts it at 1, so
+    one image mixes noise levels 4x apart that the colour alone hardly tells
+    from texture. None (no reuse, or an image from a file) is one frame.
+    """
+    if frames is None:
+        return torch.ones_like(like[:, :1])
+    return finite(frames).clamp_min(1.0).rsqrt()
+
+
+def mean_frames(frames_a: torch.Tensor, frames_b: torch.Tensor) -> torch.Tensor:
+    """The frames that the mean of two independent running means is worth: its variance is (1/a + 1/b) / 4."""
+    return 4.0 / (1.0 / frames_a.clamp_min(1.0) + 1.0 / frames_b.clamp_min(1.0))
+
+
 def build_input(spec: FeatureSpec, color: torch.Tensor, albedo: torch.Tensor | None,
-                normal: torch.Tensor | None) -> torch.Tensor:
-    """N x C x H x W network input from N x 3 x H x W linear colour and aux buffers."""
+                normal: torch.Tensor | None, frames: torch.Tensor | None = None) -> torch.Tensor:
+    """N x C x H x W network input from N x 3 x H x W linear colour and aux buffers.
+
+    ``frames`` (N x 1 x H x W) is what each pixel of ``color`` averages, for
+    the history feature (``noise_level``).
+    """
     parts = [get_transfer(spec.transfer).forward(finite(color).clamp_min(0.0))]
     for name in spec.features[1:]:
+        if name == "history":
+            parts.append(noise_level(frames, color).to(parts[0].dtype))
+            continue
         buf = albedo if name == "albedo" else normal
         if buf is None:
             raise ValueError(f"the feature set {spec.describe()} needs a {name} buffer")

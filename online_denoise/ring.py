@@ -1,10 +1,10 @@
 """A fixed-size, preallocated ring of frame pairs, shared by the render loop and the trainer.
 
 Memory is allocated once: ``RingBuffer.bytes_for(capacity, h, w)``, which is
-capacity x 13 channels x H x W x 4 bytes (colour a and b, albedo, normal, and
-the mask of directly seen emitters) plus a few bytes per slot. At 256^2 with
-16 slots that is 54 MiB. Single-render
-targets store 9 channels a slot; a clean-target run stores 3 more.
+capacity x 15 channels x H x W x 4 bytes (colour a and b, the frames each
+colour's running mean spans, albedo, normal, and the mask of directly seen
+emitters) plus a few bytes per slot. At 256^2 with 16 slots that is 60 MiB.
+Single-render targets store 10 channels a slot; a clean-target run stores 3 more.
 
 The producer never waits for the trainer: a push claims the oldest slot and
 overwrites it. Both sides hold the lock only for O(1) bookkeeping, never while
@@ -29,6 +29,7 @@ from .features import emitter_mask, finite
 @dataclass
 class TrainBatch:
     input: torch.Tensor  # B x 3 x h x w noisy linear colour fed to the network
+    history: torch.Tensor  # B x 1 x h x w: the frames each input pixel averages (temporal reuse; else 1)
     target: torch.Tensor | None  # B x 3 x h x w: the clean render if stored, else the other render, else None
     albedo: torch.Tensor
     normal: torch.Tensor
@@ -50,6 +51,9 @@ class RingBuffer:
         shape = (capacity, 3, height, width)
         self.color_a = torch.zeros(shape, device=self.device)
         self.color_b = torch.zeros(shape, device=self.device) if renders == 2 else None
+        one = (capacity, 1, height, width)
+        self.frames_a = torch.ones(one, device=self.device)
+        self.frames_b = torch.ones(one, device=self.device) if renders == 2 else None
         self.target = torch.zeros(shape, device=self.device) if with_target else None
         self.albedo = torch.zeros(shape, device=self.device)
         self.normal = torch.zeros(shape, device=self.device)
@@ -64,11 +68,12 @@ class RingBuffer:
 
     @staticmethod
     def bytes_for(capacity: int, height: int, width: int, renders: int = 2, with_target: bool = False) -> int:
-        channels = 3 * renders + 7 + (3 if with_target else 0)
+        channels = 4 * renders + 7 + (3 if with_target else 0)
         return capacity * channels * height * width * 4
 
     def _buffers(self) -> list[tuple[str, torch.Tensor]]:
-        named = [("color_a", self.color_a), ("color_b", self.color_b), ("target", self.target),
+        named = [("color_a", self.color_a), ("color_b", self.color_b), ("frames_a", self.frames_a),
+                 ("frames_b", self.frames_b), ("target", self.target),
                  ("albedo", self.albedo), ("normal", self.normal), ("emitter", self.emitter)]
         return [(n, t) for n, t in named if t is not None]
 
@@ -88,7 +93,8 @@ class RingBuffer:
         """Store a frame (color_a, color_b, albedo, normal: H x W x 3) and return its sequence number.
 
         The frame's ``emission`` (H x W x 3), if it has one, is stored as the
-        emitter mask; without one no pixel counts as an emitter.
+        emitter mask; without one no pixel counts as an emitter. Without
+        ``frames_a``/``frames_b`` (temporal reuse's spans) each colour is one frame.
         """
         if tuple(frame.color_a.shape[:2]) != (self.height, self.width):
             raise ValueError(f"frame is {tuple(frame.color_a.shape[:2])}, ring holds {(self.height, self.width)}")
@@ -106,6 +112,13 @@ class RingBuffer:
                     dst[slot].zero_()
                 else:
                     dst[slot].copy_(emitter_mask(to_chw(emission, self.device))[0])
+                continue
+            if name.startswith("frames_"):
+                span = getattr(frame, name, None)
+                if span is None:
+                    dst[slot].fill_(1.0)
+                else:
+                    dst[slot].copy_(finite(to_chw(span, self.device)[0]).clamp_min(1.0))
                 continue
             src = getattr(frame, name, None)
             if src is None:
@@ -139,26 +152,26 @@ class RingBuffer:
             copies = [self._copy_crop(slot, ch, cw) + (slot, gen, seq, exposure)
                       for slot, gen, seq, exposure in claimed]
             with self._lock:
-                crops += [c for c in copies if self._gen[c[5]] == c[6]]  # drop crops a push tore
+                crops += [c for c in copies if self._gen[c[6]] == c[7]]  # drop crops a push tore
             if len(crops) == batch:
                 break
         if len(crops) < batch:
             raise RuntimeError(f"ring buffer: could not copy {batch} untorn crops in {max_tries} tries")
-        inputs, albedos, normals, emitters = (torch.stack([c[i] for c in crops]) for i in (0, 2, 3, 4))
+        inputs, albedos, normals, emitters, spans = (torch.stack([c[i] for c in crops]) for i in (0, 2, 3, 4, 5))
         targets = None if crops[0][1] is None else torch.stack([c[1] for c in crops])
         if not bool(emitters.any()):
             emitters = None  # most crops miss the lights; the plain filter then runs on 3 channels, not 7
-        exposure = torch.tensor([c[8] for c in crops], device=self.device).view(-1, 1, 1, 1)
-        return TrainBatch(inputs, targets, albedos, normals, emitters, exposure, [c[7] for c in crops])
+        exposure = torch.tensor([c[9] for c in crops], device=self.device).view(-1, 1, 1, 1)
+        return TrainBatch(inputs, spans, targets, albedos, normals, emitters, exposure, [c[8] for c in crops])
 
     def _copy_crop(self, slot: int, ch: int, cw: int) -> tuple[torch.Tensor, ...]:
         rng = self._rng
         y, x = rng.randint(0, self.height - ch), rng.randint(0, self.width - cw)
         win = (slot, slice(None), slice(y, y + ch), slice(x, x + cw))
-        a = self.color_a[win]
+        a, span = self.color_a[win], self.frames_a[win]
         b = self.color_b[win] if self.color_b is not None else None
         if b is not None and rng.random() < 0.5:
-            a, b = b, a
+            a, b, span = b, a, self.frames_b[win]
         target = self.target[win] if self.target is not None else b
         return (a.clone(), None if target is None else target.clone(), self.albedo[win].clone(),
-                self.normal[win].clone(), self.emitter[win].clone())
+                self.normal[win].clone(), self.emitter[win].clone(), span.clone())

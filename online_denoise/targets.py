@@ -44,7 +44,7 @@ class Paired(Objective):
         if batch.target is None:
             raise RuntimeError(f"target {self.name} needs a second render or a clean render in the ring")
         pred = run_network(trainer.model, trainer.spec, batch.input, batch.albedo, batch.normal, batch.exposure,
-                           trainer.precision, batch.emitter)
+                           trainer.precision, batch.emitter, batch.history)
         return trainer.loss_fn(pred, batch.target)
 
 
@@ -62,7 +62,7 @@ class GR2R(Objective):
     def loss(self, trainer, batch) -> torch.Tensor:
         def f(color):
             return run_network(trainer.model, trainer.spec, color, batch.albedo, batch.normal, batch.exposure,
-                               trainer.precision, batch.emitter)
+                               trainer.precision, batch.emitter, batch.history)
 
         y = batch.input
         with torch.no_grad():
@@ -87,10 +87,10 @@ class BlindSpot(Objective):
         model = trainer.model
         if model.config.output == "mean":
             pred = run_network(model, trainer.spec, batch.input, batch.albedo, batch.normal, batch.exposure,
-                               trainer.precision)
+                               trainer.precision, frames=batch.history)
             return trainer.loss_fn(pred, batch.input)
         x, _, (h, w) = prepare_input(model, trainer.spec, batch.input, batch.albedo, batch.normal, batch.exposure,
-                                     trainer.precision)
+                                     trainer.precision, batch.history)
         with trainer.precision.autocast(x.device):
             g = model.gaussian(x)
         g = {k: v[..., :h, :w] if v.dim() == 4 and k != "prior_cov" else v[:, :h, :w] for k, v in g.items()}

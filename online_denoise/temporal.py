@@ -161,7 +161,9 @@ class TemporalReuse:
         self._prev = {"shape": (h, w), "colors": means, "counts": counts, "depth": depth, "albedo": albedo,
                       "normal": normal, "surface": surface, "solid": solid.float(), "pose": frame.pose}
         hwc = [m[0].permute(1, 2, 0) for m in means]
-        reused = replace(frame, color_a=hwc[0], color_b=hwc[1] if len(hwc) > 1 else None)
+        spans = [c[0].permute(1, 2, 0) for c in counts]
+        reused = replace(frame, color_a=hwc[0], color_b=hwc[1] if len(hwc) > 1 else None,
+                         frames_a=spans[0], frames_b=spans[1] if len(spans) > 1 else None)
         return reused, float(sum(c.mean() for c in counts) / len(counts))
 
     def _view_cap(self, lobes, position, surface, pose, prev_pose) -> torch.Tensor:

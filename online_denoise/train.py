@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .denoiser import save_checkpoint
@@ -39,12 +40,21 @@ class OfflineOptions:
 
 def render_dataset(renderers: list, frames_per_scene: int, ring: RingBuffer, spp_mix: tuple[int, ...] = ()
                    ) -> None:
+    """Render every scene's poses into the ring.
+
+    A render at k times the renderers' own spp holds what a still camera's
+    running mean of k live frames holds, so it is stored as worth k frames:
+    with ``spp_mix`` the network's history feature then sees the noise levels
+    that temporal reuse makes live.
+    """
     progress = Progress(len(renderers) * frames_per_scene, "rendering pairs", unit="frames")
     for r in renderers:
         for j in range(frames_per_scene):
             pose = r.path.pose(r.path.duration * j / frames_per_scene)
             spp = spp_mix[j % len(spp_mix)] if spp_mix else None
-            ring.push(r.render_pair(pose, j, spp))
+            frame = r.render_pair(pose, j, spp)
+            span = np.full((*frame.shape, 1), frame.spp / r.config.spp, np.float32)
+            ring.push(replace(frame, frames_a=span, frames_b=span))
             progress.update(1, r.scene_info.name)
     progress.close()
 

@@ -31,6 +31,11 @@ class Frame:
     indexed by the shape index (``renderer.lobes``): inf for diffuse shapes,
     0 for smooth ones. None when the scene has nothing view-dependent, or the
     variant writes no shape ids.
+
+    ``frames_a`` and ``frames_b`` (H x W x 1) are never set by the renderer:
+    temporal reuse, downstream, replaces each colour with a running mean over
+    past frames and records there how many frames each pixel's mean spans.
+    None: a plain render, one frame.
     """
 
     color_a: Any
@@ -48,6 +53,8 @@ class Frame:
     surface: Any | None = None
     emission: Any | None = None
     lobes: tuple[float, ...] | None = None
+    frames_a: Any | None = None
+    frames_b: Any | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -39,6 +39,33 @@ def test_pair_mean_denoises_the_average_of_the_renders_once(frame_factory):
         d.denoise_pair(f, "median")
 
 
+def test_the_history_feature_tells_the_network_each_pixels_noise_level(frame_factory, monkeypatch):
+    """Each render's span of frames reaches its own input; the renders' mean is worth the frames of both."""
+    import online_denoise.denoiser as denoiser_module
+
+    seen = []
+    build = denoiser_module.build_input
+    monkeypatch.setattr(denoiser_module, "build_input", lambda *a: seen.append(build(*a)) or seen[-1])
+    spec = FeatureSpec(("color", "albedo", "normal", "history"))
+    d = Denoiser(ModelConfig(in_channels=spec.channels, width=8, depth=3, output="kpn"), spec)
+    f = frame_factory(16, 16)
+    f.frames_a = np.full((16, 16, 1), 4.0, np.float32)
+    f.frames_b = np.full((16, 16, 1), 4.0, np.float32)
+    f.frames_b[:8] = 1.0  # the top half of b just restarted
+    d.denoise_pair(f, "both")
+    level = seen[-1][:, 9]
+    torch.testing.assert_close(level[0], torch.full((16, 16), 0.5))
+    torch.testing.assert_close(level[1, :8], torch.ones(8, 16))
+    d.denoise_pair(f, "mean")
+    mean_level = seen[-1][0, 9]
+    # var((a + b) / 2) = (1/4 + 1/4) / 4 of one frame below, (1/4 + 1) / 4 above
+    torch.testing.assert_close(mean_level[8:], torch.full((8, 16), 0.125 ** 0.5))
+    torch.testing.assert_close(mean_level[:8], torch.full((8, 16), 0.3125 ** 0.5))
+    f.frames_a = f.frames_b = None
+    d.denoise_pair(f, "both")
+    assert torch.equal(seen[-1][:, 9], torch.ones(2, 16, 16))  # plain renders: one frame each
+
+
 def test_a_frames_emission_keeps_its_lights_out_of_the_surfaces_beside_them(frame_factory):
     torch.manual_seed(0)
     f = frame_factory(40, 24)

@@ -18,7 +18,7 @@ def const_frame(value, h=16, w=16):
 
 def test_memory_bound_is_what_is_allocated():
     ring = RingBuffer(5, 24, 40)
-    assert ring.nbytes == RingBuffer.bytes_for(5, 24, 40) == 5 * 13 * 24 * 40 * 4
+    assert ring.nbytes == RingBuffer.bytes_for(5, 24, 40) == 5 * 15 * 24 * 40 * 4
 
 
 def test_push_overwrites_the_oldest():
@@ -48,6 +48,21 @@ def test_sample_shapes_crop_clipping_and_both_directions():
         directions.update(float(v) for v in b.input[:, 0, 0, 0])
         torch.testing.assert_close(b.input + b.target, torch.full_like(b.input, 2.5))
     assert directions == {1.0, 1.5}
+
+
+def test_each_crop_carries_the_history_span_of_its_own_input_render():
+    ring = RingBuffer(2, 16, 16)
+    f = const_frame(1.0)
+    f.frames_a, f.frames_b = np.full((16, 16, 1), 3.0, np.float32), np.full((16, 16, 1), 7.0, np.float32)
+    ring.push(f)
+    spans = set()
+    for _ in range(40):
+        b = ring.sample(3, 8)
+        for crop_input, span in zip(b.input[:, 0, 0, 0].tolist(), b.history[:, 0, 0, 0].tolist()):
+            spans.add((crop_input, span))
+    assert spans == {(1.0, 3.0), (1.5, 7.0)}  # a with a's span, b with b's, whichever way the crop was drawn
+    ring.push(const_frame(2.0))  # a plain render: one frame
+    assert torch.equal(ring.frames_a[1], torch.ones(1, 16, 16)) and torch.equal(ring.frames_b[1], ring.frames_a[1])
 
 
 def test_nonfinite_pixels_are_sanitised_and_counted():

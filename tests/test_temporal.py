@@ -79,6 +79,9 @@ def test_a_still_camera_averages_up_to_the_history_then_keeps_a_moving_average()
     m3 = (a[0] + a[1] + a[2]) / 3
     np.testing.assert_allclose(to_numpy(outs[3][0].color_a), m3 + (a[3] - m3) / 3, rtol=1e-5, atol=1e-6)
     assert [round(o[1], 4) for o in outs] == [1.0, 2.0, 3.0, 3.0, 3.0]
+    # Each render's frames per pixel travel with the reused frame, for the network's history feature.
+    assert [float(to_numpy(o[0].frames_b).max()) for o in outs] == [1.0, 2.0, 3.0, 3.0, 3.0]
+    assert to_numpy(outs[2][0].frames_a).shape == (H, W, 1) and frames[2].frames_a is None
     # The raw frame is left as it was rendered.
     np.testing.assert_array_equal(frames[3].color_a, a[3])
 

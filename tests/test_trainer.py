@@ -223,3 +223,22 @@ def test_the_train_command_writes_a_checkpoint_that_records_how_it_was_made(cli,
     assert record["frames"] == 2 and record["steps"] == 2 and record["scenes"] == ["cornell-box"]
     assert record["command"].startswith("online-denoise train --scene cornell-box")
     assert checkpoint.meta["steps"] == 2 and checkpoint.model_config.output == "kpn"
+
+
+def test_offline_renders_at_k_times_the_spp_are_stored_as_worth_k_frames():
+    """So that the history feature learns offline the noise levels that temporal reuse makes live."""
+    from types import SimpleNamespace
+
+    from online_denoise.train import render_dataset
+    from renderer.frame import Frame
+
+    def render_pair(pose, index, spp):
+        image = np.full((8, 8, 3), 0.5, np.float32)
+        return Frame(image, image.copy(), image.copy(), image.copy(), pose, index, {}, spp or 2)
+
+    renderer = SimpleNamespace(config=SimpleNamespace(spp=2), path=SimpleNamespace(duration=1.0, pose=lambda t: t),
+                               scene_info=SimpleNamespace(name="fake"), render_pair=render_pair)
+    ring = RingBuffer(4, 8, 8)
+    render_dataset([renderer], 4, ring, spp_mix=(2, 4, 8, 32))
+    assert sorted(ring.frames_a[:, 0, 0, 0].tolist()) == [1.0, 2.0, 4.0, 16.0]
+    assert torch.equal(ring.frames_a, ring.frames_b)
