@@ -37,6 +37,14 @@ def test_history_flag_sets_temporal_reuse():
         resolved("--history", "0")
 
 
+def test_the_history_feature_adds_one_input_channel_and_bad_feature_lists_are_refused():
+    run = resolved("--features", "color,albedo,normal,history")
+    assert run.model.in_channels == 10 and run.features.features[-1] == "history"
+    for bad in ("albedo,color", "color,depth", "color,history,history"):
+        with pytest.raises(UserError, match=f"--features {bad}: expected 'color' followed by any of"):
+            resolved("--features", bad)
+
+
 def test_russian_roulette_depth_from_the_preset_or_the_flag():
     run = resolved()  # auto: the cpu preset switches to depth 3 when over its 250-ms frame budget
     assert (run.rr_depth, run.frame_budget_ms) == (3, 250.0)
