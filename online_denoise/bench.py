@@ -251,6 +251,7 @@ def _report(options, records, quality, temporal, oidn_ms, ours_ms, loop_seconds,
         "history": statistics.fmean(r["history"] for r in steady) if steady else float("nan"),
         # The frame from which the live renders took the early Russian roulette (the frame budget); None: never.
         "early_roulette_from": session.early_roulette_from,
+        "budget_batch_from": session.budget_batch_from,
         "oidn": {"quality": OIDN_QUALITY, "ms_mean": statistics.fmean(oidn_ms) if oidn_ms else float("nan")},
         # Both timed alone after the run: OIDN on the pair's average, ours as the loop displays a frame
         # (pair "both": each render denoised; "mean": their average, once).
@@ -351,6 +352,9 @@ def table(report: dict) -> str:
     if report.get("early_roulette_from") is not None:
         lines.append(f"over the frame budget after warm-up: live renders played Russian roulette early from frame "
                      f"{report['early_roulette_from']} (config: rr_depth {report['config'].get('rr_depth')})")
+    if report.get("budget_batch_from") is not None:
+        lines.append(f"over the frame budget after warm-up: training took {report['config'].get('budget_batch')} "
+                     f"crops a step from frame {report['budget_batch_from']}")
     mem = report.get("memory")
     if mem:
         lines.append(f"memory: RSS {_f(mem['rss_mb_first_steady'], '.0f')} MiB after warm-up, "

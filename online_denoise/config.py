@@ -41,15 +41,17 @@ class Preset:
     # The frame time the preset aims at: a loop slower than this after warm-up switches to the early
     # Russian roulette above (decided once; session.py). None: early roulette is on from the start.
     frame_budget_ms: float | None = None
+    budget_batch: int | None = None  # crops per training step once the loop is over that budget; None: the same
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("cpu", "2-core CPU: width-16 U-Net, 4-scale 5x5 kernel-predicting head, 1 step of 8 crops per frame "
-                  "taken inline, 2 spp per render reused over up to 16 frames, starting from the shipped prior; "
+                  "taken inline (6 if the loop runs over 250 ms a frame after warm-up), 2 spp per render reused over up to 16 frames, starting from the shipped prior; "
                   "the mean of the two renders is denoised once",
            ModelConfig(width=16, depth=5, output="kpn", kernel_size=5, scales=4),
            TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1, schedule="inline"), spp=2, prior="cpu.pt",
-           pair="mean", history=16, rr_depth=3, frame_budget_ms=250.0),
+           pair="mean", history=16, rr_depth=3, frame_budget_ms=250.0,
+           budget_batch=6),
     Preset("gpu", "CUDA: the paper's width-48 U-Net with the 3-scale kernel-predicting head, 8 steps per frame",
            ModelConfig(width=48, depth=5, output="kpn", kernel_size=5, scales=3),
            TrainConfig(lr=1e-3, batch=8, crop=128, steps_per_frame=8), spp=8),
@@ -172,18 +174,19 @@ class Resolved:
     history: int = 1
     rr_depth: int | None = None  # the early Russian roulette's depth; None: the scene's own, always
     frame_budget_ms: float | None = None  # early roulette switches on above this frame time; None: on from the start
+    budget_batch: int | None = None  # ... and training takes this many crops a step; None: the same
 
     def to_dict(self) -> dict:
         return {"preset": self.preset.name, "model": self.model.to_dict(), "features": self.features.to_dict(),
                 "train": asdict(self.train), "spp": self.spp, "res": list(self.res),
                 "precision": asdict(self.precision), "renders": self.renders, "target_spp": self.target_spp,
                 "pair": self.pair, "history": self.history, "rr_depth": self.rr_depth,
-                "frame_budget_ms": self.frame_budget_ms}
+                "frame_budget_ms": self.frame_budget_ms, "budget_batch": self.budget_batch}
 
     def session_config(self, device, ring: int) -> SessionConfig:
         return SessionConfig(self.model, self.features, self.train, str(device), ring, precision=self.precision,
                              pair=self.pair, temporal=TemporalConfig(history=self.history),
-                             frame_budget_ms=self.frame_budget_ms)
+                             frame_budget_ms=self.frame_budget_ms, budget_batch=self.budget_batch)
 
 
 def resolve(args: argparse.Namespace, device) -> Resolved:
@@ -262,8 +265,11 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
             rr_depth = -1
         if rr_depth < 0:
             raise UserError(f"--rr-depth {rr_flag}: expected auto or a path depth (0: the scene's own)")
+    # An explicit --batch is kept whatever the frame time.
+    budget_batch = preset.budget_batch if getattr(args, "batch", None) is None else None
     return Resolved(preset, model, features, train, spp, parse_res(args.res), precision, renders, target_spp, pair,
-                    history, rr_depth or None, budget if rr_depth else None)
+                    history, rr_depth or None, budget if rr_depth else None,
+                    budget_batch if rr_depth and budget else None)
 
 
 def prior_path(run: "Resolved", choice: str) -> Path | None:

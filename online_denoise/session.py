@@ -13,7 +13,7 @@ renders are independent of the network (see metrics.error_estimate).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -53,6 +53,10 @@ class SessionConfig:
     # the renderer switches its live renders to early Russian roulette (unbiased, cheaper, noisier), once
     # and for the rest of the session: a scene that renders slowly stays slow. None: never switch.
     frame_budget_ms: float | None = None
+    # Over that budget the trainer also takes this many crops a step instead of train.batch (None: keeps
+    # its batch). On sunlit-room, 6 crops instead of 8 took the step from 100 to 71 ms and the loop from
+    # 3.70 to 4.10 frames/s, at +0.07 dB on the same frames (cornell -0.25, glossy +0.15 when forced).
+    budget_batch: int | None = None
 
     def __post_init__(self):
         if self.pair not in PAIR_MODES:
@@ -61,6 +65,8 @@ class SessionConfig:
             raise ValueError(f"estimate_every {self.estimate_every}: expected at least 1")
         if self.frame_budget_ms is not None and not self.frame_budget_ms > 0:
             raise ValueError(f"frame_budget_ms {self.frame_budget_ms}: expected a positive time")
+        if self.budget_batch is not None and self.budget_batch < 1:
+            raise ValueError(f"budget_batch {self.budget_batch}: expected at least 1 crop")
 
 
 @dataclass
@@ -123,6 +129,7 @@ class Session:
         self._closed = False
         self._budget_times: list[float] = []
         self.early_roulette_from: int | None = None  # the frame from which the live renders roulette early
+        self.budget_batch_from: int | None = None  # the frame from which training takes the smaller batch
         if config.train_enabled:
             self.trainer.start()
 
@@ -183,6 +190,10 @@ class Session:
             switch = getattr(self.renderer, "set_early_roulette", None)
             if switch is not None and switch(True):
                 self.early_roulette_from = self.frames + 1
+            smaller = self.config.budget_batch
+            if smaller is not None and smaller < self.trainer.config.batch:
+                self.trainer.config = replace(self.trainer.config, batch=smaller)
+                self.budget_batch_from = self.frames + 1
 
     def set_training(self, enabled: bool) -> None:
         self.trainer.set_paused(not enabled)

@@ -21,6 +21,10 @@ def test_the_cpu_preset_as_shipped():
     assert prior_path(run, "auto") is not None
     assert run.pair == "mean" and run.session_config("cpu", 16).pair == "mean"
     assert run.history == 16 and run.session_config("cpu", 16).temporal.enabled
+    assert run.session_config("cpu", 16).budget_batch == 6 and run.train.batch == 8
+    # An explicit batch, or no frame budget, keeps the batch whatever the frame time.
+    assert resolved("--batch", "8").session_config("cpu", 16).budget_batch is None
+    assert resolved("--rr-depth", "0").budget_batch is None
 
 
 def test_pair_flag_overrides_the_preset():

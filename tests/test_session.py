@@ -214,8 +214,9 @@ def test_a_loop_over_its_frame_budget_after_warm_up_switches_to_early_roulette(b
 
     renderer = Renderer(RenderConfig(scene="cornell-box", width=16, height=16, spp=1, rr_depth=2,
                                      early_roulette=False))
-    s = Session(renderer, SessionConfig(MODEL, FeatureSpec(), TrainConfig(crop=16, batch=2), "cpu", 4,
-                                        train_enabled=False, pair="mean", frame_budget_ms=budget_ms))
+    s = Session(renderer, SessionConfig(MODEL, FeatureSpec(), TrainConfig(crop=16, batch=3), "cpu", 4,
+                                        train_enabled=False, pair="mean", frame_budget_ms=budget_ms,
+                                        budget_batch=2))
     try:
         results = [s.step(renderer.path.pose(i * 0.05)) for i in range(BUDGET_FRAMES[-1] + 3)]
     finally:
@@ -224,6 +225,9 @@ def test_a_loop_over_its_frame_budget_after_warm_up_switches_to_early_roulette(b
     # Decided once, on the median of the frames after warm-up, and kept.
     assert flags == [False] * (BUDGET_FRAMES[-1] + 1) + [switched] * 2
     assert s.early_roulette_from == (BUDGET_FRAMES[-1] + 1 if switched else None)
+    # ...and training sheds work too: fewer crops a step.
+    assert s.trainer.config.batch == (2 if switched else 3)
+    assert s.budget_batch_from == (BUDGET_FRAMES[-1] + 1 if switched else None)
 
 
 def test_no_early_roulette_where_the_scene_sets_its_own(tmp_path):
@@ -236,3 +240,5 @@ def test_no_early_roulette_where_the_scene_sets_its_own(tmp_path):
     assert not renderer.early_roulette and not renderer.set_early_roulette(True)
     with pytest.raises(ValueError, match="frame_budget_ms"):
         SessionConfig(MODEL, FeatureSpec(), TrainConfig(), frame_budget_ms=0)
+    with pytest.raises(ValueError, match="budget_batch"):
+        SessionConfig(MODEL, FeatureSpec(), TrainConfig(), budget_batch=0)
