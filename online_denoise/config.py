@@ -46,12 +46,12 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("cpu", "2-core CPU: width-16 U-Net, 4-scale 5x5 kernel-predicting head, 1 step of 8 crops per frame "
-                  "taken inline (6 if the loop runs over 250 ms a frame after warm-up), 2 spp per render reused over up to 16 frames, starting from the shipped prior; "
-                  "the mean of the two renders is denoised once",
+                  "taken inline (6 if the loop runs over 250 ms a frame after warm-up), 2 spp per render "
+                  "reused over up to 16 frames, starting from the shipped prior; the mean of the two renders "
+                  "is denoised once",
            ModelConfig(width=16, depth=5, output="kpn", kernel_size=5, scales=4),
            TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1, schedule="inline"), spp=2, prior="cpu.pt",
-           pair="mean", history=16, rr_depth=3, frame_budget_ms=250.0,
-           budget_batch=6),
+           pair="mean", history=16, rr_depth=3, frame_budget_ms=250.0, budget_batch=6),
     Preset("gpu", "CUDA: the paper's width-48 U-Net with the 3-scale kernel-predicting head, 8 steps per frame",
            ModelConfig(width=48, depth=5, output="kpn", kernel_size=5, scales=3),
            TrainConfig(lr=1e-3, batch=8, crop=128, steps_per_frame=8), spp=8),
@@ -82,7 +82,8 @@ def parse_res(text: str) -> tuple[int, int]:
 def parse_features(text: str) -> tuple[str, ...]:
     names = tuple(f.strip() for f in text.split(",") if f.strip())
     if not names or names[0] != "color" or any(f not in FEATURE_CHANNELS for f in names) or len(set(names)) != len(names):
-        raise UserError(f"--features {text}: expected 'color' followed by any of albedo, normal, history (comma-separated)")
+        raise UserError(f"--features {text}: expected 'color' followed by any of albedo, normal, history "
+                        "(comma-separated)")
     return names
 
 
@@ -118,8 +119,9 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
                    help="output head: per-pixel kernels or the paper's direct colour (default: preset)")
     g.add_argument("--kernel-size", type=int, default=None, help="kpn kernel side, odd (default: preset)")
     g.add_argument("--scales", type=int, default=None, help="kpn scales: full, 1/2, 1/4... (default: preset)")
-    g.add_argument("--features", default="color,albedo,normal", help="network inputs: color, then any of albedo, normal, history "
-                        "(each pixel's noise level from the frames temporal reuse averaged; default color,albedo,normal)")
+    g.add_argument("--features", default="color,albedo,normal",
+                   help="network inputs: color, then any of albedo, normal, history (each pixel's noise level "
+                        "from the frames temporal reuse averaged; default color,albedo,normal)")
     g.add_argument("--transfer", default="paper", help="input transfer: paper ((v/(1+v))^(1/2.2)), log or linear")
     g.add_argument("--exposure-norm", choices=["none", "auto"], default="none",
                    help="scale each frame to middle grey before the transfer")

@@ -55,7 +55,8 @@ class SessionConfig:
     frame_budget_ms: float | None = None
     # Over that budget the trainer also takes this many crops a step instead of train.batch (None: keeps
     # its batch). On sunlit-room, 6 crops instead of 8 took the step from 100 to 71 ms and the loop from
-    # 3.70 to 4.10 frames/s, at +0.07 dB on the same frames (cornell -0.25, glossy +0.15 when forced).
+    # 3.70 to 4.10-4.18 frames/s, at +0.07 and -0.15 dB over two runs (same frames); forced on scenes
+    # under budget it cost cornell 0.25 dB, so it waits for the budget.
     budget_batch: int | None = None
 
     def __post_init__(self):
