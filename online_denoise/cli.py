@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import UserError
@@ -119,7 +120,8 @@ def _starting_weights(args, run):
     if path is None:
         return None
     prior = load_checkpoint(path)
-    if prior.model_config != run.model or prior.spec != run.features:
+    # The firefly clamp only conditions the input, so a prior serves a run with any ratio.
+    if prior.model_config != run.model or replace(prior.spec, firefly=run.features.firefly) != run.features:
         print(f"online-denoise: the {run.preset.name} prior does not fit this network or feature set; "
               f"starting from random weights", file=sys.stderr)
         return None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .denoiser import PAIR_MODES
 from .errors import UserError
-from .features import FEATURE_CHANNELS, FeatureSpec
+from .features import FEATURE_CHANNELS, FIREFLY_RATIO, FeatureSpec
 from .model import ModelConfig
 from .precision import Precision, choose_precision
 from .session import SessionConfig
@@ -125,6 +125,9 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--transfer", default="paper", help="input transfer: paper ((v/(1+v))^(1/2.2)), log or linear")
     g.add_argument("--exposure-norm", choices=["none", "auto"], default="none",
                    help="scale each frame to middle grey before the transfer")
+    g.add_argument("--firefly-clamp", type=float, default=FIREFLY_RATIO, metavar="R",
+                   help="scale down pixels brighter than R x the second brightest of their 8 neighbours before "
+                        f"the network and its kernels see them; 0 turns it off (default {FIREFLY_RATIO:g})")
     g.add_argument("--loss", default=None,
                    help="hdr (default), l2, l1, l0 (annealed 2 -> 0), or nll (blind-spot likelihood, its default)")
     g.add_argument("--target", default="n2n",
@@ -204,9 +207,11 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
         raise UserError("--compile: torch.compile builds C++ kernels on the CPU and found no g++ or clang++; "
                         "install one (apt-get install g++) or drop --compile")
     try:
-        features = FeatureSpec(parse_features(args.features), args.transfer, args.exposure_norm)
+        features = FeatureSpec(parse_features(args.features), args.transfer, args.exposure_norm,
+                               args.firefly_clamp)
     except ValueError as e:
-        raise UserError(f"--transfer/--features: {e}") from None
+        flag = "--firefly-clamp" if "firefly" in str(e) else "--transfer/--features"
+        raise UserError(f"{flag}: {e}") from None
     target = getattr(args, "target", "n2n")
     if "," in target:
         raise UserError(f"--target {target}: several targets can be compared by bench only")

@@ -18,7 +18,8 @@ import torch
 from .arrays import pad_to, to_chw, to_hwc_numpy
 from .color import autoexposure
 from .errors import UserError
-from .features import FeatureSpec, background_mask, build_input, emitter_mask, finite, mean_frames
+from .features import (FeatureSpec, background_mask, build_input, emitter_mask, finite, mean_frames,
+                       suppress_fireflies)
 from .files import atomic_write
 from .model import ModelConfig, build_model
 from .precision import Precision
@@ -49,10 +50,17 @@ def select_device(name: str = "auto") -> torch.device:
 
 def prepare_input(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor, albedo: torch.Tensor | None,
                   normal: torch.Tensor | None, exposure: torch.Tensor | float = 1.0,
-                  precision: Precision = Precision(), frames: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-    """Features and colour, padded to the network's alignment, plus the unpadded size."""
+                  precision: Precision = Precision(), frames: torch.Tensor | None = None,
+                  keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """Features and colour, padded to the network's alignment, plus the unpadded size.
+
+    The colour has its fireflies suppressed (``spec.firefly``) before both
+    the features and the kernels see it; ``keep`` (N x 1 x H x W) marks the
+    pixels exempt from that: lights and background.
+    """
     color = finite(color) * exposure
+    if spec.firefly:
+        color = suppress_fireflies(color, spec.firefly, keep)
     x = build_input(spec, color, albedo, normal, frames)
     x, size = pad_to(x, model.alignment)
     c, _ = pad_to(color, model.alignment)
@@ -74,15 +82,21 @@ def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
     directly seen emitters that the kernels of other pixels must not gather.
     The kernel head also keeps the pixels whose normal says they hit nothing
     (``features.background_mask``) apart, in training and inference alike.
+    Both kinds are spared the firefly clamp.
     """
-    x, c, (h, w) = prepare_input(model, spec, color, albedo, normal, exposure, precision, frames)
+    background = None
+    if normal is not None:
+        background = background_mask(normal)
+        if not bool(background.any()):  # most frames and crops see no background: the plain filter is cheaper
+            background = None
+    direct = [m for m in (emitter, background) if m is not None]
+    keep = None if not direct else direct[0] if len(direct) == 1 else torch.maximum(*direct)
+    x, c, (h, w) = prepare_input(model, spec, color, albedo, normal, exposure, precision, frames, keep)
     masks = {}
     if emitter is not None:
         masks["emitter"] = pad_to(emitter, model.alignment)[0]
-    if normal is not None and getattr(model, "config", None) is not None and model.config.output == "kpn":
-        background = background_mask(normal)
-        if bool(background.any()):  # most frames and crops see no background: the plain filter is cheaper
-            masks["background"] = pad_to(background, model.alignment)[0]
+    if background is not None and getattr(model, "config", None) is not None and model.config.output == "kpn":
+        masks["background"] = pad_to(background, model.alignment)[0]
     with precision.autocast(x.device):
         y = model(x, c, **masks)
     return y.float()[..., :h, :w] / exposure

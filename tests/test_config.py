@@ -27,6 +27,19 @@ def test_the_cpu_preset_as_shipped():
     assert resolved("--rr-depth", "0").budget_batch is None
 
 
+@pytest.mark.parametrize("flags", [(), ("--firefly-clamp", "0"), ("--firefly-clamp", "8")])
+def test_the_shipped_prior_fits_the_cpu_preset_whatever_its_firefly_clamp(flags, capsys):
+    from online_denoise.cli import _starting_weights
+
+    args = _parser().parse_args(["bench", "--preset", "cpu", *flags])
+    run = resolve(args, torch.device("cpu"))
+    prior = _starting_weights(args, run)
+    assert prior is not None and prior.model_config == run.model and "does not fit" not in capsys.readouterr().err
+    args = _parser().parse_args(["bench", "--preset", "cpu", "--features", "color,albedo"])
+    assert _starting_weights(args, resolve(args, torch.device("cpu"))) is None
+    assert "does not fit" in capsys.readouterr().err
+
+
 def test_pair_flag_overrides_the_preset():
     assert resolved("--pair", "both").session_config("cpu", 16).pair == "both"
     args = _parser().parse_args(["bench", "--preset", "gpu"])
@@ -47,6 +60,15 @@ def test_the_history_feature_adds_one_input_channel_and_bad_feature_lists_are_re
     for bad in ("albedo,color", "color,depth", "color,history,history"):
         with pytest.raises(UserError, match=f"--features {bad}: expected 'color' followed by any of"):
             resolved("--features", bad)
+
+
+def test_firefly_clamp_flag():
+    assert resolved().features.firefly == 4.0
+    assert resolved("--firefly-clamp", "0").features.firefly == 0.0
+    assert resolved("--firefly-clamp", "6").to_dict()["features"]["firefly"] == 6.0
+    for bad in ("0.5", "-2", "nan"):
+        with pytest.raises(UserError, match="--firefly-clamp: firefly ratio .* expected 0 \\(off\\) or a number >= 1"):
+            resolved("--firefly-clamp", bad)
 
 
 def test_russian_roulette_depth_from_the_preset_or_the_flag():

@@ -84,6 +84,34 @@ def test_a_frames_emission_keeps_its_lights_out_of_the_surfaces_beside_them(fram
                                d.denoise((f.color_a + f.color_b) / 2, f.albedo, f.normal))
 
 
+def test_a_firefly_is_clamped_before_the_kernels_can_spread_it_but_a_small_light_is_not(frame_factory,
+                                                                                      monkeypatch):
+    import online_denoise.denoiser as denoiser_module
+
+    torch.manual_seed(0)
+    f = frame_factory(32, 32)
+    f.color_a = np.full((32, 32, 3), 0.5, np.float32)
+    f.color_b = f.color_a.copy()
+    f.color_a[16, 16] = 400.0
+    on = Denoiser(CFG, SPEC)
+    off = Denoiser(CFG, FeatureSpec(firefly=0))
+    off.model.load_state_dict(on.model.state_dict())
+    around = (0, slice(None), slice(13, 20), slice(13, 20))
+    assert off.denoise_pair(f, "mean").denoised[around].max() > 4.0  # a blob
+    assert on.denoise_pair(f, "mean").denoised[around].max() < 2.1  # at most 4x the neighbours
+    # The same pixel seen as a light, a far bulb, reaches the network as rendered.
+    seen = []
+    build = denoiser_module.build_input
+    monkeypatch.setattr(denoiser_module, "build_input", lambda *a: seen.append(a[1]) or build(*a))
+    f.emission = np.zeros((32, 32, 3), np.float32)
+    f.emission[16, 16] = 399.5
+    on.denoise_pair(f, "mean")
+    torch.testing.assert_close(seen[-1][0, :, 16, 16], torch.full((3,), 200.25))
+    f.emission[16, 16] = 0.0
+    on.denoise_pair(f, "mean")
+    assert seen[-1][0, :, 16, 16].max() < 2.1
+
+
 def test_pixels_that_hit_nothing_are_shown_as_rendered(frame_factory):
     torch.manual_seed(0)
     f = frame_factory(40, 24)

@@ -1,0 +1,72 @@
+"""The firefly clamp and the feature spec that carries it."""
+
+import pytest
+import torch
+
+from online_denoise.features import FIREFLY_RATIO, FeatureSpec, luminance, suppress_fireflies
+
+
+def flat(h=12, w=12, value=0.5):
+    return torch.full((1, 3, h, w), value)
+
+
+def test_a_lone_spike_is_scaled_to_ratio_times_its_neighbours_keeping_its_hue():
+    c = flat()
+    c[0, :, 5, 5] = torch.tensor([40.0, 20.0, 10.0])
+    out = suppress_fireflies(c, 4.0)
+    torch.testing.assert_close(luminance(out)[0, 0, 5, 5], torch.tensor(4.0 * 0.5 + 1e-4))
+    ratio = out[0, :, 5, 5] / c[0, :, 5, 5]
+    torch.testing.assert_close(ratio, ratio[:1].expand(3))  # one scale for all three channels
+    mask = torch.ones(12, 12, dtype=torch.bool)
+    mask[5, 5] = False
+    assert torch.equal(out[0][:, mask], c[0][:, mask])  # nothing else moves
+
+
+def test_two_fireflies_side_by_side_do_not_shelter_each_other():
+    c = flat()
+    c[0, :, 5, 5] = 30.0
+    c[0, :, 5, 6] = 60.0
+    out = luminance(suppress_fireflies(c, 4.0))[0, 0]
+    assert out[5, 5] < 2.1 and out[5, 6] < 2.1
+
+
+def test_lines_edges_and_smooth_gradients_are_left_alone():
+    c = flat(16, 16, 0.1)
+    c[0, :, 8, :] = 20.0  # a one-pixel-wide highlight: each pixel has a bright neighbour on each side
+    c[0, :, :, 12:] = 5.0  # a step edge
+    ramp = torch.linspace(0.01, 10.0, 16).view(1, 1, 1, 16).expand(1, 3, 16, 16)
+    for image in (c, ramp.contiguous()):
+        assert torch.equal(suppress_fireflies(image, 4.0), image)
+
+
+def test_exempt_pixels_keep_their_colour_and_the_clamp_is_exposure_invariant():
+    c = flat()
+    c[0, :, 3, 3] = 50.0  # a far bulb, one pixel
+    c[0, :, 8, 8] = 50.0  # a firefly
+    keep = torch.zeros(1, 1, 12, 12)
+    keep[0, 0, 3, 3] = 1.0
+    out = suppress_fireflies(c, 4.0, keep)
+    assert torch.equal(out[0, :, 3, 3], c[0, :, 3, 3]) and out[0, 0, 8, 8] < 2.1
+    torch.testing.assert_close(suppress_fireflies(c * 8.0, 4.0) / 8.0, suppress_fireflies(c, 4.0), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_black_and_negative_surroundings_never_flip_or_zero_a_pixel():
+    c = torch.zeros(1, 3, 8, 8)
+    c[0, :, 4, 4] = 3.0
+    c[0, :, 0, 0] = -1.0  # Mitsuba can return tiny negatives; the bound is floored at 0
+    out = suppress_fireflies(c, 4.0)
+    assert (out[0, :, 4, 4] > 0).all() and out[0, :, 4, 4].max() < 1e-3
+    assert torch.isfinite(out).all()
+
+
+def test_the_spec_carries_the_ratio_and_old_checkpoints_had_none():
+    spec = FeatureSpec()
+    assert spec.firefly == FIREFLY_RATIO and "fireflies over 4x" in spec.describe()
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec
+    old = {"features": ["color", "albedo", "normal"], "transfer": "paper", "exposure": "none"}
+    assert FeatureSpec.from_dict(old).firefly == 0.0  # trained, and so used, without the clamp
+    assert FeatureSpec(firefly=0).describe() == "color+albedo+normal (paper transfer, exposure none)"
+    for bad in (-1.0, 0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="firefly ratio"):
+            FeatureSpec(firefly=bad)
