@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .color import get_transfer
+from .color import get_transfer, luminance
 
 FEATURE_CHANNELS = {"color": 3, "albedo": 3, "normal": 3, "history": 1}
 EXPOSURE_MODES = ("none", "auto")
@@ -67,11 +67,6 @@ def finite(x: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def luminance(color: torch.Tensor) -> torch.Tensor:
-    """N x 1 x H x W Rec. 709 luminance of N x 3 x H x W linear colour."""
-    return 0.2126 * color[:, 0:1] + 0.7152 * color[:, 1:2] + 0.0722 * color[:, 2:3]
-
-
 def suppress_fireflies(color: torch.Tensor, ratio: float, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Scale down each pixel brighter than ``ratio`` x the second brightest of its 8 neighbours.
 
@@ -85,12 +80,12 @@ def suppress_fireflies(color: torch.Tensor, ratio: float, keep: torch.Tensor | N
     directly seen lights and the background, whose small bright features,
     a far bulb say, are real and noiseless.
     """
-    lum = luminance(color)
+    lum = luminance(color.permute(0, 2, 3, 1)).unsqueeze(1)
     h, w = lum.shape[-2:]
     padded = F.pad(lum, (1, 1, 1, 1), mode="replicate")
     first = second = None
-    # A running top-two over the shifted maps: sorting the 8 neighbours took 13x longer (4.4 against
-    # 0.34 ms at 256^2).
+    # A running top-two over the shifted maps: sorting the 8 neighbours took 4.4 ms at 256^2, against
+    # 0.5-0.9 ms.
     for dy in range(3):
         for dx in range(3):
             if dy == dx == 1:

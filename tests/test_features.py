@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from online_denoise.features import FIREFLY_RATIO, FeatureSpec, luminance, suppress_fireflies
+from online_denoise.color import luminance as hwc_luminance
+from online_denoise.features import FIREFLY_RATIO, FeatureSpec, suppress_fireflies
+
+
+def luminance(color):
+    return hwc_luminance(color.permute(0, 2, 3, 1)).unsqueeze(1)
 
 
 def flat(h=12, w=12, value=0.5):
