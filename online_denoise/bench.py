@@ -243,6 +243,7 @@ def _report(options, records, quality, temporal, oidn_ms, ours_ms, loop_seconds,
         "steps": session.trainer.steps,
         "steps_per_second": steps_per_s,
         "skipped_nonfinite": session.trainer.skipped_nonfinite,
+        "spikes_tamed": session.trainer.spikes_tamed,
         "timing": timing,
         "reference": {"spp": options.reference_spp, "cache_hits": reference_hits, "cache_misses": cache.misses},
         "relmse_eps": RELMSE_EPS,
@@ -252,6 +253,7 @@ def _report(options, records, quality, temporal, oidn_ms, ours_ms, loop_seconds,
         # The frame from which the live renders took the early Russian roulette (the frame budget); None: never.
         "early_roulette_from": session.early_roulette_from,
         "budget_batch_from": session.budget_batch_from,
+        "budget_aux_from": session.budget_aux_from,
         "oidn": {"quality": OIDN_QUALITY, "ms_mean": statistics.fmean(oidn_ms) if oidn_ms else float("nan")},
         # Both timed alone after the run: OIDN on the pair's average, ours as the loop displays a frame
         # (pair "both": each render denoised; "mean": their average, once).
@@ -347,6 +349,9 @@ def table(report: dict) -> str:
         if temporal:
             lines.append(f"{'reference':<11} {'':>8} {'':>9} {'':>7} {'':>7} {_f(temporal.get('reference'), '8.4f')}"
                          f"   (flicker: mean |frame-to-frame change| over {temporal['frames']} still frames)")
+    if report.get("spikes_tamed"):
+        lines.append(f"training: {report['spikes_tamed']} of {report['steps']} steps had a gradient spike scaled "
+                     f"down (config: spike_ratio {report['config']['train'].get('spike_ratio')})")
     if report.get("history", 1.0) > 1.0:
         lines.append(f"temporal reuse: each pixel's running mean spanned {report['history']:.1f} frames on average")
     if report.get("early_roulette_from") is not None:
@@ -355,6 +360,9 @@ def table(report: dict) -> str:
     if report.get("budget_batch_from") is not None:
         lines.append(f"over the frame budget after warm-up: training took {report['config'].get('budget_batch')} "
                      f"crops a step from frame {report['budget_batch_from']}")
+    if report.get("budget_aux_from") is not None:
+        lines.append(f"over the frame budget after warm-up: the albedo/normal pass took "
+                     f"{report['config'].get('budget_aux_spp')} spp from frame {report['budget_aux_from']}")
     mem = report.get("memory")
     if mem:
         lines.append(f"memory: RSS {_f(mem['rss_mb_first_steady'], '.0f')} MiB after warm-up, "

@@ -138,7 +138,7 @@ def _renderer(args, spp: int, seed: int = 0, run=None):
                                  seed=seed, path=args.path, threads=args.render_threads,
                                  freeze={"auto": None, "on": True, "off": False}[args.freeze_renders],
                                  renders=run.renders if run else 2, target_spp=run.target_spp if run else None,
-                                 rr_depth=run.rr_depth if run else None,
+                                 rr_depth=run.rr_depth if run else None, aux_spp=run.aux_spp if run else None,
                                  early_roulette=run is not None and run.frame_budget_ms is None))
 
 

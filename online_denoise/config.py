@@ -25,6 +25,10 @@ from .trainer import TrainConfig
 
 
 PRIORS_DIR = Path(__file__).resolve().parent / "priors"
+# Gradient spikes over 4x the recent median are scaled down (Trainer._tame_spike). Cornell-box from the
+# prior, 120 s, frames 100-500: +0.16 dB with 2-spp albedo and normal, +0.29 with 8 spp, and with 16 spp
+# the frames after the light came into view went from 30.2-38.0 dB back to 36.9-41.7.
+SPIKE_RATIO = 4.0
 
 
 @dataclass(frozen=True)
@@ -42,19 +46,22 @@ class Preset:
     # Russian roulette above (decided once; session.py). None: early roulette is on from the start.
     frame_budget_ms: float | None = None
     budget_batch: int | None = None  # crops per training step once the loop is over that budget; None: the same
+    aux_spp: int | None = None  # samples per pixel of the albedo/normal pass; None: the renders' spp
+    budget_aux_spp: int | None = None  # ... once the loop is over its frame budget; None: the same
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("cpu", "2-core CPU: width-16 U-Net, 4-scale 5x5 kernel-predicting head, 1 step of 8 crops per frame "
                   "taken inline (6 if the loop runs over 250 ms a frame after warm-up), 2 spp per render "
-                  "reused over up to 16 frames, starting from the shipped prior; the mean of the two renders "
-                  "is denoised once",
+                  "reused over up to 16 frames, albedo and normal at 16 spp, starting from the shipped prior; "
+                  "the mean of the two renders is denoised once",
            ModelConfig(width=16, depth=5, output="kpn", kernel_size=5, scales=4),
-           TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1, schedule="inline"), spp=2, prior="cpu.pt",
-           pair="mean", history=16, rr_depth=3, frame_budget_ms=250.0, budget_batch=6),
+           TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1, schedule="inline", spike_ratio=SPIKE_RATIO),
+           spp=2, prior="cpu.pt", pair="mean", history=16, rr_depth=3, frame_budget_ms=250.0, budget_batch=6,
+           aux_spp=16, budget_aux_spp=8),
     Preset("gpu", "CUDA: the paper's width-48 U-Net with the 3-scale kernel-predicting head, 8 steps per frame",
            ModelConfig(width=48, depth=5, output="kpn", kernel_size=5, scales=3),
-           TrainConfig(lr=1e-3, batch=8, crop=128, steps_per_frame=8), spp=8),
+           TrainConfig(lr=1e-3, batch=8, crop=128, steps_per_frame=8, spike_ratio=SPIKE_RATIO), spp=8),
     Preset("paper", "Noise2Noise as published: width 48, direct linear output, 8 steps of 256^2 crops, 8 spp",
            ModelConfig(width=48, depth=5, output="direct"),
            TrainConfig(lr=3e-4, batch=4, crop=256, steps_per_frame=8), spp=8),
@@ -93,6 +100,9 @@ def add_scene_flags(p: argparse.ArgumentParser, spp_help: str | None = None) -> 
     g.add_argument("--scene", default="cornell-box", help="built-in scene name, scene folder or Mitsuba XML file")
     g.add_argument("--path", default=None, help="camera path JSON (default: the scene's path.json, else an orbit)")
     g.add_argument("--res", default="256", help="render resolution: N or WxH (default 256)")
+    g.add_argument("--aux-spp", type=int, default=None, metavar="N",
+                   help="samples per pixel of the albedo/normal pass (default: preset; the cpu preset's 16 give "
+                        "edges the coverage the renders' 2 cannot)")
     g.add_argument("--spp", type=int, default=None,
                    help=spp_help or "samples per pixel of each render of a pair (default: preset)")
     g.add_argument("--variant", default="auto", help="Mitsuba variant: auto, cuda_ad_rgb, llvm_ad_rgb or scalar_rgb")
@@ -136,6 +146,9 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gr2r-gamma", type=float, default=1.0, help="gr2r: weight of its extra terms (default 1)")
     g.add_argument("--anneal-steps", type=int, default=2000, help="l0: steps over which gamma goes 2 -> 0")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: preset)")
+    g.add_argument("--spike-clip", type=float, default=None, metavar="R",
+                   help="scale down a gradient whose norm is over R x the median of the last 64 steps'; "
+                        f"0 turns it off (default: preset; {SPIKE_RATIO:g} for cpu and gpu)")
     g.add_argument("--steps-per-frame", type=int, default=None, help="training steps per new frame (default: preset)")
     g.add_argument("--train-budget-ms", type=float, default=None,
                    help="instead of a step count, train for this many ms per frame")
@@ -180,18 +193,22 @@ class Resolved:
     rr_depth: int | None = None  # the early Russian roulette's depth; None: the scene's own, always
     frame_budget_ms: float | None = None  # early roulette switches on above this frame time; None: on from the start
     budget_batch: int | None = None  # ... and training takes this many crops a step; None: the same
+    aux_spp: int | None = None  # of the albedo/normal pass; None: spp
+    budget_aux_spp: int | None = None  # ... once over the frame budget; None: the same
 
     def to_dict(self) -> dict:
         return {"preset": self.preset.name, "model": self.model.to_dict(), "features": self.features.to_dict(),
                 "train": asdict(self.train), "spp": self.spp, "res": list(self.res),
                 "precision": asdict(self.precision), "renders": self.renders, "target_spp": self.target_spp,
                 "pair": self.pair, "history": self.history, "rr_depth": self.rr_depth,
-                "frame_budget_ms": self.frame_budget_ms, "budget_batch": self.budget_batch}
+                "frame_budget_ms": self.frame_budget_ms, "budget_batch": self.budget_batch, "aux_spp": self.aux_spp,
+                "budget_aux_spp": self.budget_aux_spp}
 
     def session_config(self, device, ring: int) -> SessionConfig:
         return SessionConfig(self.model, self.features, self.train, str(device), ring, precision=self.precision,
                              pair=self.pair, temporal=TemporalConfig(history=self.history),
-                             frame_budget_ms=self.frame_budget_ms, budget_batch=self.budget_batch)
+                             frame_budget_ms=self.frame_budget_ms, budget_batch=self.budget_batch,
+                             budget_aux_spp=self.budget_aux_spp)
 
 
 def resolve(args: argparse.Namespace, device) -> Resolved:
@@ -233,12 +250,22 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
         # The same width and depth as the preset's U-Net; four rotated branches make it ~4x the work.
         model = ModelConfig(in_channels=features.channels, width=model.width, depth=model.depth, arch="blindspot",
                             output="posterior" if loss == "nll" else "mean")
+    for flag, value in (("--batch", args.batch), ("--crop", args.crop)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: expected a positive number")
+    if args.steps_per_frame is not None and args.steps_per_frame < 0:
+        raise UserError(f"--steps-per-frame {args.steps_per_frame}: expected 0 or more")
+    spike = getattr(args, "spike_clip", None)
+    if spike is not None and not (spike == 0 or 1 <= spike < float("inf")):
+        raise UserError(f"--spike-clip {spike:g}: expected 0 (off) or a ratio of at least 1")
     overrides = {k: v for k, v in {
         "loss": loss, "lr": args.lr, "steps_per_frame": args.steps_per_frame,
         "budget_ms": args.train_budget_ms, "schedule": getattr(args, "train_schedule", None), "crop": args.crop,
         "batch": args.batch, "target": target,
         "gr2r_gamma": getattr(args, "gr2r_gamma", None), "anneal_steps": getattr(args, "anneal_steps", None),
     }.items() if v is not None}
+    if spike is not None:
+        overrides["spike_ratio"] = spike or None
     try:
         train = replace(preset.train, **overrides)
     except ValueError as e:
@@ -246,6 +273,12 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     spp = args.spp if args.spp is not None else preset.spp
     if spp < 1:
         raise UserError(f"--spp {spp}: expected a positive sample count")
+    aux_spp = getattr(args, "aux_spp", None)
+    if aux_spp is not None and aux_spp < 1:
+        raise UserError(f"--aux-spp {aux_spp}: expected a positive sample count")
+    # An explicit --aux-spp, like --batch, is kept whatever the frame time.
+    budget_aux_spp = preset.budget_aux_spp if aux_spp is None else None
+    aux_spp = aux_spp or preset.aux_spp
     renders, target_spp = 2, None
     if target in SINGLE_RENDER:
         renders, spp = 1, 2 * spp  # the whole render budget on one render: equal cost to a pair
@@ -276,7 +309,8 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     budget_batch = preset.budget_batch if getattr(args, "batch", None) is None else None
     return Resolved(preset, model, features, train, spp, parse_res(args.res), precision, renders, target_spp, pair,
                     history, rr_depth or None, budget if rr_depth else None,
-                    budget_batch if rr_depth and budget else None)
+                    budget_batch if rr_depth and budget else None, aux_spp,
+                    budget_aux_spp if rr_depth and budget else None)
 
 
 def prior_path(run: "Resolved", choice: str) -> Path | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import math
+import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +27,8 @@ from .targets import make_objective
 
 
 SCHEDULES = ("thread", "inline")
+SPIKE_WINDOW = 64  # recent gradient norms whose median sets the spike bound
+SPIKE_WARMUP = 16  # steps before the bound applies: the first steps' norms say little about later ones
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class TrainConfig:
     schedule: str = "thread"
     loss: str = "hdr"
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
+    # A step whose gradient norm is over this many times the median of the last SPIKE_WINDOW steps' is
+    # scaled down to that bound; None: never. See Trainer._tame_spike.
+    spike_ratio: float | None = None
     ema: float | None = None  # publish an exponential moving average of the weights with this decay
     target: str = "n2n"  # what the network learns from (targets.py)
     gr2r_gamma: float = 1.0  # weight of GR2R's regular and pseudo-supervised terms
@@ -59,6 +65,8 @@ class TrainConfig:
             raise ValueError("--loss nll is the blind-spot net's likelihood; use it with --target blindspot")
         if self.batch < 1 or self.crop < 1 or self.steps_per_frame < 0:
             raise ValueError(f"invalid training config {self}")
+        if self.spike_ratio is not None and not 1 <= self.spike_ratio < math.inf:
+            raise ValueError(f"spike ratio {self.spike_ratio}: expected a number >= 1, or None for no spike clip")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--train-schedule {self.schedule}: expected one of {', '.join(SCHEDULES)}")
 
@@ -93,6 +101,8 @@ class Trainer:
 
         self.steps = 0
         self.skipped_nonfinite = 0
+        self.spikes_tamed = 0
+        self._norms: collections.deque[float] = collections.deque(maxlen=SPIKE_WINDOW)
         self.last_loss = float("nan")
         self.losses: collections.deque[float] = collections.deque(maxlen=512)  # recent step losses
         self.error: BaseException | None = None
@@ -218,8 +228,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if self.config.grad_clip is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        elif grads:
+            grad_norm = torch.nn.utils.get_total_norm(grads)
         else:
             grad_norm = torch.zeros((), device=loss.device)
         # The one host sync per step: skipping a step needs the verdict on the host.
@@ -229,6 +242,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.update()  # lets fp16's scale back off after an overflow
             return True
+        self._tame_spike(norm_value)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.steps += 1
@@ -236,6 +250,25 @@ class Trainer:
         self.losses.append(loss_value)
         self._publish()
         return True
+
+    def _tame_spike(self, norm: float) -> None:
+        """Scale a gradient far larger than the recent ones down to ``spike_ratio`` x their median.
+
+        The HDR loss divides by the prediction, so one target pixel that is
+        100x its neighbours (a sample that hit a light from a pixel beside it,
+        a firefly) can outweigh the rest of the batch by 1000:1. Adam then
+        takes a full-size step in that one pixel's direction, and the spike
+        fills its second-moment estimate, which decays by 1% a step, so for
+        hundreds of steps every update is shrunk. The direction is kept; only
+        the size is bounded.
+        """
+        ratio = self.config.spike_ratio
+        if ratio is not None and len(self._norms) >= SPIKE_WARMUP:
+            bound = ratio * statistics.median(self._norms)
+            if norm > bound > 0:
+                torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), bound, torch.tensor(norm))
+                self.spikes_tamed += 1
+        self._norms.append(norm)
 
     def _clone_state(self) -> dict:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}

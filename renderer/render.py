@@ -111,6 +111,7 @@ class Renderer:
         self._color_integrator = self._scene_integrator
         self.set_early_roulette(config.early_roulette)
         self._aux_integrator = mi.load_dict(aux_pass.integrator(mi))
+        self.aux_spp = config.aux_spp  # None: each frame's colour spp; set_aux_spp changes it
         self.lobes = shape_lobes(mi, self.scene)
         self.keeps_jit_arrays = config.arrays == "dlpack" or (config.arrays == "auto" and self.variant.startswith("cuda"))
         if self.keeps_jit_arrays and self.variant.startswith("scalar"):
@@ -248,7 +249,7 @@ class Renderer:
         if pose is not self.pose:
             self.set_pose(pose)
         spp = spp or self.config.spp
-        aux_spp = self.config.aux_spp or spp
+        aux_spp = self.aux_spp or spp
         ms = 1000.0
         timings: dict[str, float] = {}
         seeds: dict[str, int] = {}
@@ -277,6 +278,12 @@ class Renderer:
         return Frame(color_a, color_b, albedo, aux[:, :, aux_pass.NORMAL], pose, index, seeds, spp, timings,
                      target, self.config.target_spp or 0, position=aux[:, :, aux_pass.POSITION],
                      surface=aux[:, :, aux_pass.SHAPE], emission=aux[:, :, aux_pass.EMISSION], lobes=self.lobes)
+
+    def set_aux_spp(self, spp: int) -> None:
+        """Samples per pixel of the albedo/normal pass from the next frame on."""
+        if spp < 1:
+            raise ValueError(f"aux spp {spp}: expected at least 1")
+        self.aux_spp = spp
 
     def set_early_roulette(self, on: bool) -> bool:
         """Render the live pairs with Russian roulette from ``rr_depth`` (or the scene's own); whether it is on.

@@ -71,6 +71,43 @@ def test_firefly_clamp_flag():
             resolved("--firefly-clamp", bad)
 
 
+def test_aux_spp_from_the_preset_or_the_flag(monkeypatch):
+    import renderer
+
+    assert resolved().aux_spp == 16 and resolved().to_dict()["aux_spp"] == 16
+    # Over the frame budget it falls to 8, unless given explicitly.
+    assert resolved().session_config("cpu", 16).budget_aux_spp == 8
+    assert resolved("--aux-spp", "4").aux_spp == 4 and resolved("--aux-spp", "4").budget_aux_spp is None
+    assert resolved("--rr-depth", "0").budget_aux_spp is None
+    gpu = resolve(_parser().parse_args(["bench", "--preset", "gpu"]), torch.device("cpu"))
+    assert gpu.aux_spp is None  # the renders' own spp
+    with pytest.raises(UserError, match="--aux-spp 0: expected a positive sample count"):
+        resolved("--aux-spp", "0")
+    # ... and it reaches the renderer.
+    from online_denoise.cli import _renderer
+
+    seen = {}
+    monkeypatch.setattr(renderer, "Renderer", lambda config: seen.setdefault("config", config))
+    args = _parser().parse_args(["bench", "--preset", "cpu", "--aux-spp", "8"])
+    _renderer(args, 2, 0, resolve(args, torch.device("cpu")))
+    assert (seen["config"].spp, seen["config"].aux_spp) == (2, 8)
+
+
+def test_spike_clip_flag():
+    assert resolved().train.spike_ratio == 4.0
+    assert resolved("--spike-clip", "0").train.spike_ratio is None
+    assert resolved("--spike-clip", "10").to_dict()["train"]["spike_ratio"] == 10.0
+    for bad in ("0.5", "-1", "inf"):
+        with pytest.raises(UserError, match=f"--spike-clip {bad}: expected 0 \\(off\\) or a ratio of at least 1"):
+            resolved("--spike-clip", bad)
+
+
+@pytest.mark.parametrize("flag", ["--batch", "--crop"])
+def test_training_size_flags_name_themselves_when_bad(flag):
+    with pytest.raises(UserError, match=f"^{flag} 0: expected a positive number$"):
+        resolved(flag, "0")
+
+
 def test_russian_roulette_depth_from_the_preset_or_the_flag():
     run = resolved()  # auto: the cpu preset switches to depth 3 when over its 250-ms frame budget
     assert (run.rr_depth, run.frame_budget_ms) == (3, 250.0)

@@ -38,6 +38,21 @@ def test_albedo_is_clamped_and_normals_are_unit_where_geometry_is_hit(tiny_rende
     np.testing.assert_allclose(n[hit], 1.0, atol=1e-3)  # 1 spp: one sample per pixel
 
 
+def test_the_aux_pass_takes_its_own_sample_count():
+    # One sample gives each pixel one face's normal; 16 give the pixels on an edge their coverage.
+    r = Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1, aux_spp=16))
+    f = r.render_pair(r.initial_pose)
+    assert f.spp == 1
+    n = np.linalg.norm(f.normal, axis=-1)
+    mixed = (n > 0.05) & (n < 0.95)
+    assert 10 < mixed.sum() < 0.3 * n.size
+    r.set_aux_spp(1)
+    n = np.linalg.norm(r.render_pair(r.initial_pose).normal, axis=-1)
+    assert not ((n > 0.05) & (n < 0.95)).any()
+    with pytest.raises(ValueError, match="aux spp 0"):
+        r.set_aux_spp(0)
+
+
 def test_emission_is_the_light_where_the_camera_sees_it_and_zero_elsewhere(tiny_renderer):
     f = tiny_renderer.render_pair(tiny_renderer.initial_pose)
     assert f.emission.shape == (32, 32, 3) and f.emission.dtype == np.float32

@@ -207,27 +207,33 @@ def test_inline_schedule_trains_every_frame_before_step_returns(tiny_renderer):
 
 
 @pytest.mark.parametrize("budget_ms, switched", [(1e-3, True), (1e6, False)])
-def test_a_loop_over_its_frame_budget_after_warm_up_switches_to_early_roulette(budget_ms, switched):
+@pytest.mark.parametrize("aux_step", [True, False])
+def test_a_loop_over_its_frame_budget_after_warm_up_sheds_work_in_steps(budget_ms, switched, aux_step):
     from renderer import Renderer, RenderConfig
 
     from online_denoise.session import BUDGET_FRAMES
 
     renderer = Renderer(RenderConfig(scene="cornell-box", width=16, height=16, spp=1, rr_depth=2,
-                                     early_roulette=False))
+                                     early_roulette=False, aux_spp=4))
     s = Session(renderer, SessionConfig(MODEL, FeatureSpec(), TrainConfig(crop=16, batch=3), "cpu", 4,
                                         train_enabled=False, pair="mean", frame_budget_ms=budget_ms,
-                                        budget_batch=2))
+                                        budget_batch=2, budget_aux_spp=2 if aux_step else None))
+    window = len(BUDGET_FRAMES)
+    first = BUDGET_FRAMES[-1] + 1  # the frame after the first window
+    second = first + window if aux_step else first  # where roulette and the smaller batch begin
     try:
-        results = [s.step(renderer.path.pose(i * 0.05)) for i in range(BUDGET_FRAMES[-1] + 3)]
+        results = [s.step(renderer.path.pose(i * 0.02)) for i in range(first + window + 2)]
     finally:
         s.close()
+    # First the albedo/normal pass takes fewer samples; if that is not enough, after another window,
+    # the renders roulette early and training takes fewer crops a step. Each decided once, and kept.
+    assert s.budget_aux_from == (first if switched and aux_step else None)
+    assert renderer.aux_spp == (2 if switched and aux_step else 4)
     flags = [r.record()["early_roulette"] for r in results]
-    # Decided once, on the median of the frames after warm-up, and kept.
-    assert flags == [False] * (BUDGET_FRAMES[-1] + 1) + [switched] * 2
-    assert s.early_roulette_from == (BUDGET_FRAMES[-1] + 1 if switched else None)
-    # ...and training sheds work too: fewer crops a step.
+    assert flags == [False] * second + [switched] * (len(results) - second)
+    assert s.early_roulette_from == (second if switched else None)
     assert s.trainer.config.batch == (2 if switched else 3)
-    assert s.budget_batch_from == (BUDGET_FRAMES[-1] + 1 if switched else None)
+    assert s.budget_batch_from == (second if switched else None)
 
 
 def test_no_early_roulette_where_the_scene_sets_its_own(tmp_path):
@@ -242,3 +248,5 @@ def test_no_early_roulette_where_the_scene_sets_its_own(tmp_path):
         SessionConfig(MODEL, FeatureSpec(), TrainConfig(), frame_budget_ms=0)
     with pytest.raises(ValueError, match="budget_batch"):
         SessionConfig(MODEL, FeatureSpec(), TrainConfig(), budget_batch=0)
+    with pytest.raises(ValueError, match="budget_aux_spp"):
+        SessionConfig(MODEL, FeatureSpec(), TrainConfig(), budget_aux_spp=0)

@@ -1,4 +1,5 @@
 import math
+import statistics
 import threading
 import time
 
@@ -9,7 +10,8 @@ import torch
 from online_denoise.features import FeatureSpec
 from online_denoise.model import ModelConfig, UNet
 from online_denoise.ring import RingBuffer
-from online_denoise.trainer import TrainConfig, Trainer, TrainerError
+from online_denoise.loss import hdr_loss
+from online_denoise.trainer import SPIKE_WARMUP, TrainConfig, Trainer, TrainerError
 
 SPEC = FeatureSpec()
 
@@ -74,6 +76,33 @@ def test_nonfinite_loss_skips_the_step_and_is_counted(frame_factory):
     assert tr.skipped_nonfinite == 1 and tr.steps == 1
     for k, v in tr.model.state_dict().items():
         torch.testing.assert_close(v, before[k])
+
+
+def _grad_norm(tr) -> float:
+    return float(torch.nn.utils.get_total_norm([p.grad for p in tr.model.parameters() if p.grad is not None]))
+
+
+@pytest.mark.parametrize("ratio", [4.0, None])
+def test_a_gradient_spike_is_scaled_down_to_a_multiple_of_the_recent_median(frame_factory, ratio):
+    # A target pixel 100x its neighbours (a sample that hit a light) makes such a spike under the HDR loss.
+    tr = make_trainer([frame_factory()], spike_ratio=ratio)
+    norms = []
+    for _ in range(SPIKE_WARMUP + 4):
+        tr.step()
+        norms.append(_grad_norm(tr))  # step() leaves the step's gradients in place
+    tr.loss_fn = lambda pred, target: 1000.0 * hdr_loss(pred, target)
+    tr.step()
+    if ratio is None:
+        assert tr.spikes_tamed == 0 and _grad_norm(tr) > 100 * statistics.median(norms)
+    else:
+        assert tr.spikes_tamed == 1
+        assert _grad_norm(tr) == pytest.approx(ratio * statistics.median(norms), rel=1e-3)
+    assert tr.steps == SPIKE_WARMUP + 5  # tamed, not skipped
+
+
+def test_spike_ratio_below_one_is_refused():
+    with pytest.raises(ValueError, match="spike ratio"):
+        TrainConfig(spike_ratio=0.5)
 
 
 def test_thread_trains_per_frame_publishes_versions_and_stops(frame_factory):
