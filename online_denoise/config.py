@@ -52,8 +52,9 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("cpu", "2-core CPU: width-16 U-Net, 4-scale 5x5 kernel-predicting head, 1 step of 8 crops per frame "
-                  "taken inline (6 if the loop runs over 250 ms a frame after warm-up), 2 spp per render "
-                  "reused over up to 16 frames, albedo and normal at 16 spp, starting from the shipped prior; "
+                  "taken inline, 2 spp per render reused over up to 16 frames, albedo and normal at 16 spp "
+                  "(over 250 ms a frame after warm-up: 8, then early roulette and 6 crops), starting from the "
+                  "shipped prior; "
                   "the mean of the two renders is denoised once",
            ModelConfig(width=16, depth=5, output="kpn", kernel_size=5, scales=4),
            TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1, schedule="inline", spike_ratio=SPIKE_RATIO),
