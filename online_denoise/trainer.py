@@ -228,11 +228,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if self.config.grad_clip is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        elif grads:
-            grad_norm = torch.nn.utils.get_total_norm(grads)
+        elif self.config.spike_ratio is not None:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         else:
             grad_norm = torch.zeros((), device=loss.device)
         # The one host sync per step: skipping a step needs the verdict on the host.
@@ -242,6 +241,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.update()  # lets fp16's scale back off after an overflow
             return True
+        if self.config.grad_clip is not None:
+            norm_value = min(norm_value, self.config.grad_clip)  # clip_grad_norm_ reports the norm before clipping
         self._tame_spike(norm_value)
         self.scaler.step(self.optimizer)
         self.scaler.update()
