@@ -64,7 +64,9 @@ class RingBuffer:
         self._pushed = 0
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
-        self.nonfinite_pixels = 0  # pixel values replaced by 0 on the way in, over the whole session
+        # Pixel values replaced by 0 on the way in, over the whole session. Counted on the ring's device and
+        # read only when asked: reading it at every push would wait for the GPU, the trainer's work included.
+        self._nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)
 
     @staticmethod
     def bytes_for(capacity: int, height: int, width: int, renders: int = 2, with_target: bool = False) -> int:
@@ -80,6 +82,10 @@ class RingBuffer:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for _, t in self._buffers())
+
+    @property
+    def nonfinite_pixels(self) -> int:
+        return int(self._nonfinite)
 
     @property
     def pushed(self) -> int:
@@ -104,7 +110,6 @@ class RingBuffer:
             self._pushed += 1
             self._seq[slot] = -1
             self._gen[slot] += 1
-        bad = 0
         for name, dst in self._buffers():
             if name == "emitter":
                 emission = getattr(frame, "emission", None)
@@ -124,12 +129,11 @@ class RingBuffer:
             if src is None:
                 raise ValueError(f"this ring stores {name}, but the frame has none")
             x = to_chw(src, self.device)[0]
-            bad += int((~torch.isfinite(x)).sum())
+            self._nonfinite += (~torch.isfinite(x)).sum()
             dst[slot].copy_(finite(x))
         with self._lock:
             self.exposure[slot] = float(exposure)
             self._seq[slot] = seq
-            self.nonfinite_pixels += bad
         return seq
 
     def sample(self, batch: int, crop: int, max_tries: int = 8) -> TrainBatch | None:

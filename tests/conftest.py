@@ -1,4 +1,8 @@
-"""Shared fixtures. Renders are tiny (32 x 32, 1 spp) so the whole suite stays fast on 2 cores."""
+"""Shared fixtures. Renders are tiny (32 x 32, 1 spp) so the whole suite stays fast on 2 cores.
+
+Renders the tests read pixels of come back as numpy arrays on every variant (on cuda_ad_rgb they
+would otherwise stay drjit tensors on the GPU).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def tiny_renderer():
     from renderer import Renderer, RenderConfig
 
-    return Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1))
+    return Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1, arrays="numpy"))
 
 
 def make_frame(h=32, w=32, value_a=0.5, value_b=0.5, seed=0, index=0):

@@ -40,7 +40,7 @@ def test_albedo_is_clamped_and_normals_are_unit_where_geometry_is_hit(tiny_rende
 
 def test_the_aux_pass_takes_its_own_sample_count():
     # One sample gives each pixel one face's normal; 16 give the pixels on an edge their coverage.
-    r = Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1, aux_spp=16))
+    r = Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1, aux_spp=16, arrays="numpy"))
     f = r.render_pair(r.initial_pose)
     assert f.spp == 1
     n = np.linalg.norm(f.normal, axis=-1)
@@ -83,7 +83,7 @@ def test_emission_includes_the_environment_where_rays_leave_the_scene(tmp_path):
                    '<sensor type="perspective"><transform name="to_world">'
                    '<lookat origin="0, 0, 6" target="0, 0, 0" up="0, 1, 0"/></transform></sensor>'
                    '<shape type="sphere"><float name="radius" value="1"/></shape></scene>')
-    r = Renderer(RenderConfig(scene=str(xml), width=16, height=16, spp=1))
+    r = Renderer(RenderConfig(scene=str(xml), width=16, height=16, spp=1, arrays="numpy"))
     f = r.render_pair(r.initial_pose)
     hit = np.linalg.norm(f.normal, axis=-1) > 0.5
     assert 0 < hit.sum() < hit.size
@@ -100,7 +100,7 @@ def test_rays_that_leave_the_scene_have_no_normal_unless_the_camera_is_in_a_medi
                    '<sensor type="perspective">' + ('<ref id="fog"/>' if fog else "")
                    + '<transform name="to_world"><lookat origin="0, 0, 6" target="0, 0, 0" up="0, 1, 0"/></transform>'
                    '</sensor><shape type="sphere"><float name="radius" value="1"/></shape></scene>')
-    r = Renderer(RenderConfig(scene=str(xml), width=16, height=16, spp=1))
+    r = Renderer(RenderConfig(scene=str(xml), width=16, height=16, spp=1, arrays="numpy"))
     f = r.render_pair(r.initial_pose)
     miss = (f.position == 0).all(-1)
     assert 0 < miss.sum() < miss.size
@@ -126,7 +126,7 @@ def test_each_shape_carries_its_lobe_width(tmp_path):
                    '<transform name="to_world"><lookat origin="0, 0, 4" target="0, 0, 0" up="0, 1, 0"/>'
                    '</transform></sensor><emitter type="constant"/>'
                    + "".join(ball.format(x=x, bsdf=b) for x, b in bsdfs.items()) + "</scene>")
-    r = Renderer(RenderConfig(scene=str(xml), width=64, height=16, spp=1))
+    r = Renderer(RenderConfig(scene=str(xml), width=64, height=16, spp=1, arrays="numpy"))
     f = r.render_pair(r.initial_pose)
     row = f.surface[8, :, 0]
     # Looking down -z, world +x is to the image's right; each ball's centre column reads its own lobe.
@@ -143,7 +143,7 @@ def test_a_scene_with_only_diffuse_shapes_has_no_lobe_table(tiny_renderer):
 def test_lobe_widths_of_nested_textured_and_principled_bsdfs():
     from renderer.lobes import bsdf_lobe
 
-    mi = Renderer(RenderConfig(scene="cornell-box", width=8, height=8, spp=1))._mi
+    mi = Renderer(RenderConfig(scene="cornell-box", width=8, height=8, spp=1, arrays="numpy"))._mi
     lobe = lambda d: bsdf_lobe(mi, mi.load_dict(d))
     assert lobe({"type": "principled", "roughness": 0.4}) == pytest.approx(0.16)  # alpha = roughness^2
     assert lobe({"type": "roughconductor", "alpha_u": 0.05, "alpha_v": 0.4}) == pytest.approx(0.05)
@@ -158,8 +158,8 @@ def test_lobe_widths_of_nested_textured_and_principled_bsdfs():
 
 
 def test_live_renders_start_russian_roulette_earlier_without_changing_the_image_or_the_references():
-    early = Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1, rr_depth=1))
-    plain = Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1))
+    early = Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1, rr_depth=1, arrays="numpy"))
+    plain = Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1, arrays="numpy"))
     pose = plain.initial_pose
     # References render with the scene's integrator in both.
     np.testing.assert_array_equal(early.render_pass(pose, 4, seed=11), plain.render_pass(pose, 4, seed=11))
@@ -193,7 +193,7 @@ def test_the_two_renders_are_independent():
     further renders stands in for the expectation. A reused seed would give 1;
     one pair's estimate has a spread of about 0.05, so the mean of 20 has 0.01.
     """
-    r = Renderer(RenderConfig(width=48, height=48, spp=2))
+    r = Renderer(RenderConfig(width=48, height=48, spp=2, arrays="numpy"))
     pose = r.initial_pose
 
     def compress(x):
@@ -232,8 +232,8 @@ def test_camera_moves_compile_no_new_kernels(tiny_renderer):
 
 def test_frozen_renders_replay_the_plain_ones_at_new_poses_and_seeds():
     """dr.freeze (the CUDA default) must follow the camera and the seed exactly, not replay a stale frame."""
-    plain = Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1))
-    frozen = Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1, freeze=True))
+    plain = Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1, freeze=False, arrays="numpy"))
+    frozen = Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1, freeze=True, arrays="numpy"))
     assert frozen.freezes and not plain.freezes  # LLVM default: off
     for t in (0.0, 2.5, 6.0):  # the first call records, the later ones replay
         pose = plain.path.pose(t)
@@ -309,7 +309,7 @@ def test_scene_without_sensor_or_path_gets_an_orbit(tmp_path):
     xml = tmp_path / "ball.xml"
     xml.write_text('<scene version="3.0.0"><emitter type="constant"/>'
                    '<shape type="sphere"><float name="radius" value="2"/></shape></scene>')
-    r = Renderer(RenderConfig(scene=str(xml), width=16, height=16, spp=1))
+    r = Renderer(RenderConfig(scene=str(xml), width=16, height=16, spp=1, arrays="numpy"))
     assert r.path.source == "<orbit>"
     img = r.render_color(r.path.pose(1.0), 4)
     assert img.std() > 0  # the sphere is in view
@@ -380,6 +380,8 @@ def test_scalar_fallback_renders(tmp_path):
 def test_drjit_workers_yield_to_the_work_after_a_render(tiny_renderer):
     from renderer import workers
 
+    if not tiny_renderer.variant.startswith("llvm"):
+        pytest.skip(f"only the LLVM variant runs a CPU worker pool ({tiny_renderer.variant} here)")
     tiny_renderer.render_pair(tiny_renderer.initial_pose)
     tids = workers.worker_threads()
     assert tids, "Dr.Jit's LLVM variant runs a worker pool"

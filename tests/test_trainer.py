@@ -53,6 +53,20 @@ def test_loss_falls_on_a_fixed_pair(frame_factory, output):
     assert tr.steps == 120 and tr.snapshot().version == 120
 
 
+def test_a_snapshot_is_a_copy_made_only_when_the_weights_moved(frame_factory):
+    tr = make_trainer([frame_factory()])
+    tr.step()
+    tr.step()
+    snap = tr.snapshot()
+    assert snap.version == 2 and tr.snapshot() is snap  # no step since: the same copy, not a new one
+    for k, v in tr.model.state_dict().items():
+        torch.testing.assert_close(snap.state_dict[k], v)
+    tr.step()
+    assert any(not torch.equal(snap.state_dict[k], v) for k, v in tr.model.state_dict().items()), \
+        "the snapshot must not follow the live weights"
+    assert tr.snapshot().version == 3 and tr.snapshot() is not snap
+
+
 def test_nan_and_inf_pixels_do_not_poison_the_weights(frame_factory):
     f = frame_factory(32, 32)
     f.color_a[::3, ::5] = np.nan
