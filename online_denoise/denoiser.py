@@ -72,7 +72,8 @@ def prepare_input(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor
 def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
                 albedo: torch.Tensor | None, normal: torch.Tensor | None,
                 exposure: torch.Tensor | float = 1.0, precision: Precision = Precision(),
-                emitter: torch.Tensor | None = None, frames: torch.Tensor | None = None) -> torch.Tensor:
+                emitter: torch.Tensor | None = None, frames: torch.Tensor | None = None,
+                has_background: bool | None = None) -> torch.Tensor:
     """Linear HDR prediction, N x 3 x H x W (fp32), for N x 3 x H x W inputs of any size.
 
     ``frames`` (N x 1 x H x W) counts the frames each pixel of ``color``
@@ -82,12 +83,16 @@ def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
     directly seen emitters that the kernels of other pixels must not gather.
     The kernel head also keeps the pixels whose normal says they hit nothing
     (``features.background_mask``) apart, in training and inference alike.
-    Both kinds are spared the firefly clamp.
+    Both kinds are spared the firefly clamp. ``has_background`` says whether
+    any pixel does, when the caller knows: looking costs a wait for the GPU,
+    which a CUDA graph being recorded cannot make (None: look).
     """
     background = None
     if normal is not None:
         background = background_mask(normal)
-        if not bool(background.any()):  # most frames and crops see no background: the plain filter is cheaper
+        if has_background is None:
+            has_background = bool(background.any())
+        if not has_background:  # most frames and crops see no background: the plain filter is cheaper
             background = None
     direct = [m for m in (emitter, background) if m is not None]
     keep = None if not direct else direct[0] if len(direct) == 1 else torch.maximum(*direct)

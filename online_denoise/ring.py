@@ -36,6 +36,7 @@ class TrainBatch:
     emitter: torch.Tensor | None  # B x 1 x h x w, 1 on directly seen emitters; None: there are none
     exposure: torch.Tensor  # B x 1 x 1 x 1
     frames: list[int]  # sequence numbers of the frames the crops came from
+    has_background: bool | None = None  # whether a crop sees past the scene; None: run_network looks
 
 
 class RingBuffer:

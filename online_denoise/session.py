@@ -149,8 +149,10 @@ class Session:
             self.denoiser.load_weights(snap.state_dict, snap.version)
 
     def _sync(self) -> None:
+        # The loop's own stream, not the whole device: a device-wide sync is refused while the trainer
+        # thread records a CUDA graph (--train-graph), and the loop's timings need only its own work.
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
 
     def restart_clock(self) -> None:
         """Start the next frame's wall-clock time now (e.g. after a long pause outside the loop)."""
@@ -158,6 +160,12 @@ class Session:
 
     def step(self, pose) -> FrameResult:
         self.trainer.check()
+        # While the trainer records a CUDA graph no other thread may make the GPU wait; the loop's frame
+        # waits for the recording instead (a few hundred ms, once per batch layout).
+        with self.trainer.exclusive:
+            return self._step(pose)
+
+    def _step(self, pose) -> FrameResult:
         rendered = self.renderer.render_pair(pose, self.frames)
         frame, history = rendered, 1.0
         t_reuse = time.perf_counter()

@@ -44,7 +44,7 @@ class Paired(Objective):
         if batch.target is None:
             raise RuntimeError(f"target {self.name} needs a second render or a clean render in the ring")
         pred = run_network(trainer.model, trainer.spec, batch.input, batch.albedo, batch.normal, batch.exposure,
-                           trainer.precision, batch.emitter, batch.history)
+                           trainer.precision, batch.emitter, batch.history, batch.has_background)
         return trainer.loss_fn(pred, batch.target)
 
 

@@ -27,6 +27,7 @@ from .targets import make_objective
 
 
 SCHEDULES = ("thread", "inline")
+GRAPH_TARGETS = ("n2n", "n2c")  # the targets whose step can be recorded as a CUDA graph
 SPIKE_WINDOW = 64  # recent gradient norms whose median sets the spike bound
 SPIKE_WARMUP = 16  # steps before the bound applies: the first steps' norms say little about later ones
 
@@ -54,6 +55,9 @@ class TrainConfig:
     target: str = "n2n"  # what the network learns from (targets.py)
     gr2r_gamma: float = 1.0  # weight of GR2R's regular and pseudo-supervised terms
     anneal_steps: int = 2000  # the l0 loss's gamma reaches its floor after this many steps
+    # Record the forward and backward passes as CUDA graphs and replay them (step_graph.py). CUDA only,
+    # without loss scaling, for the targets whose batches the ring holds whole (n2n, n2c).
+    graph: bool = False
 
     def __post_init__(self):
         from .targets import TARGETS
@@ -69,6 +73,12 @@ class TrainConfig:
             raise ValueError(f"spike ratio {self.spike_ratio}: expected a number >= 1, or None for no spike clip")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--train-schedule {self.schedule}: expected one of {', '.join(SCHEDULES)}")
+        if self.graph and self.target not in GRAPH_TARGETS:
+            raise ValueError(f"--train-graph: recorded steps take the ring's pairs as they are; --target "
+                             f"{self.target} makes its own inputs each step (use {' or '.join(GRAPH_TARGETS)})")
+        if self.graph and self.loss == "l0":
+            raise ValueError("--train-graph: the l0 loss changes with the step count, which a recorded graph "
+                             "would freeze; use --loss hdr, l2 or l1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +112,16 @@ class Trainer:
                                           fused=self.device.type == "cuda")
         # fp16 gradients underflow without loss scaling; the scaler also skips steps with inf/NaN gradients.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision.needs_loss_scaling)
+        self.graphs = None
+        if config.graph:
+            if self.device.type != "cuda":
+                raise ValueError(f"--train-graph records CUDA graphs; the trainer runs on {self.device}")
+            if precision.needs_loss_scaling:
+                raise ValueError("--train-graph: loss scaling decides on the host whether to skip a step, which "
+                                 "a CUDA graph cannot; use --precision bf16 or fp32")
+            from .step_graph import StepGraphs
+
+            self.graphs = StepGraphs(self)
 
         self.steps = 0
         self.skipped_nonfinite = 0
@@ -119,6 +139,9 @@ class Trainer:
         # Held while the weights change (the optimizer step) and while snapshot() copies them, so a copy is
         # never of a half-updated network.
         self._weights_lock = threading.Lock()
+        # Held by the render loop for a frame's GPU work and by the trainer while it records a CUDA graph,
+        # which other threads' syncs would break. Reentrant: the inline schedule trains inside the frame.
+        self.exclusive = threading.RLock()
         self._ema: dict[str, torch.Tensor] | None = self._clone_state() if config.ema else None
         self._snapshot = Snapshot(0, self._clone_state())
         self._thread: threading.Thread | None = None
@@ -236,21 +259,29 @@ class Trainer:
             return False
         if hasattr(self.loss_fn, "set_step"):
             self.loss_fn.set_step(self.steps)
-        loss = self.objective.loss(self, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        if self.config.grad_clip is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        elif self.config.spike_ratio is not None:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        if self.graphs is not None:
+            loss, grad_norm = self.graphs.run(batch)  # the norm is always computed there: it costs no launch
+            if self.config.grad_clip is not None:
+                torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.config.grad_clip, grad_norm)
         else:
-            grad_norm = torch.zeros((), device=loss.device)
+            loss = self.objective.loss(self, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            if self.config.grad_clip is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            elif self.config.spike_ratio is not None:
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters()
+                                                           if p.grad is not None])
+            else:
+                grad_norm = torch.zeros((), device=loss.device)
         # The one host sync per step: skipping a step needs the verdict on the host.
         loss_value, norm_value = torch.stack([loss.detach(), grad_norm.detach().float()]).tolist()
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             self.skipped_nonfinite += 1
-            self.optimizer.zero_grad(set_to_none=True)
+            # A recorded graph owns its gradient tensors: its next replay overwrites them, and dropping
+            # them here would leave the parameters without gradients.
+            self.optimizer.zero_grad(set_to_none=self.graphs is None)
             self.scaler.update()  # lets fp16's scale back off after an overflow
             return True
         if self.config.grad_clip is not None:

@@ -151,3 +151,22 @@ def test_cuda_graphs_need_compile():
 def test_impossible_network_is_a_user_error():
     with pytest.raises(UserError, match="--scales"):
         resolved("--scales", "6")  # more scales than max-pools
+
+
+def test_train_graph_flag_needs_cuda_and_picks_bf16():
+    with pytest.raises(UserError, match="--train-graph: CUDA graphs need a CUDA device"):
+        resolved("--train-graph")
+
+    def on_cuda(*flags):  # resolving touches no GPU, so this runs anywhere
+        return resolve(_parser().parse_args(["bench", "--preset", "gpu", *flags]), torch.device("cuda"))
+
+    run = on_cuda("--train-graph")
+    assert run.train.graph and run.precision.dtype == "bf16"
+    assert not on_cuda().train.graph and on_cuda().precision.dtype == "fp16"
+    assert on_cuda("--train-graph", "--precision", "fp32").precision.dtype == "fp32"
+    with pytest.raises(UserError, match="use --precision bf16"):
+        on_cuda("--train-graph", "--precision", "fp16")
+    with pytest.raises(UserError, match="--compile"):
+        on_cuda("--train-graph", "--compile", "all")
+    with pytest.raises(UserError, match="--target gr2r"):
+        on_cuda("--train-graph", "--target", "gr2r")

@@ -184,6 +184,25 @@ def test_background_mask_marks_pixels_that_hit_nothing():
     assert background_mask(normal)[0, 0, 0].tolist() == [0, 0, 1, 0]
 
 
+def test_a_caller_can_say_whether_background_is_in_view():
+    """What a recorded CUDA graph relies on: the answer given equals the one run_network would find."""
+    from online_denoise.denoiser import run_network
+    from online_denoise.features import FeatureSpec
+
+    torch.manual_seed(0)
+    model = UNet(ModelConfig(width=8, depth=2, output="kpn")).eval()
+    color, albedo = torch.rand(1, 3, 16, 16) * 2, torch.full((1, 3, 16, 16), 0.5)
+    normal = torch.zeros(1, 3, 16, 16)
+    normal[:, 2, :, :9] = 1.0  # the right part sees past the scene
+    with torch.no_grad():
+        found = run_network(model, FeatureSpec(), color, albedo, normal)
+        told = run_network(model, FeatureSpec(), color, albedo, normal, has_background=True)
+        plain = run_network(model, FeatureSpec(), color, albedo, normal, has_background=False)
+    torch.testing.assert_close(told, found, rtol=0, atol=0)
+    torch.testing.assert_close(found[..., 9:], color[..., 9:])  # the background keeps its own colour
+    assert not torch.allclose(plain, found), "told there is none, the plain filter runs over the background"
+
+
 def test_emitter_mask_marks_bright_emission_and_ignores_nan():
     emission = torch.zeros(1, 3, 2, 3)
     emission[0, 2, 0, 0] = 1.5  # blue only still counts

@@ -250,3 +250,22 @@ def test_no_early_roulette_where_the_scene_sets_its_own(tmp_path):
         SessionConfig(MODEL, FeatureSpec(), TrainConfig(), budget_batch=0)
     with pytest.raises(ValueError, match="budget_aux_spp"):
         SessionConfig(MODEL, FeatureSpec(), TrainConfig(), budget_aux_spp=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need an NVIDIA GPU")
+def test_the_trainer_thread_records_its_steps_while_the_loop_runs():
+    """The loop's GPU syncs must not meet a recording in progress (a device-wide sync ended one)."""
+    from renderer import RenderConfig, Renderer
+
+    from online_denoise.precision import Precision
+
+    renderer = Renderer(RenderConfig(scene="cornell-box", width=64, height=64, spp=1))
+    cfg = SessionConfig(MODEL, FeatureSpec(), TrainConfig(crop=32, batch=2, steps_per_frame=2, graph=True), "cuda",
+                        4, precision=Precision("bf16", True))
+    s = Session(renderer, cfg)
+    try:
+        results = [s.step(renderer.path.pose(i * 0.1)) for i in range(40)]
+    finally:
+        s.close()
+    assert results[-1].steps > 0 and len(s.trainer.graphs) >= 1
+    assert all(torch.isfinite(r.denoised).all() for r in results)
