@@ -160,9 +160,9 @@ class Session:
 
     def step(self, pose) -> FrameResult:
         self.trainer.check()
-        # While the trainer records a CUDA graph no other thread may make the GPU wait; the loop's frame
-        # waits for the recording instead (a few hundred ms, once per batch layout).
-        with self.trainer.exclusive:
+        # While the trainer records a CUDA graph no other thread may make the GPU wait; the frame waits
+        # for the recording instead (a few hundred ms, once per batch layout).
+        with self.trainer.gpu_turns.frame():
             return self._step(pose)
 
     def _step(self, pose) -> FrameResult:

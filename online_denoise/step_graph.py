@@ -23,6 +23,8 @@ down) stay exactly those of the eager step. What the graph needs:
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -32,6 +34,48 @@ from .features import background_mask
 # The batch fields that are tensors and change from step to step.
 _TENSOR_FIELDS = ("input", "history", "target", "albedo", "normal", "emitter", "exposure")
 WARMUP_ITERATIONS = 3  # eager runs on a side stream before recording, as torch.cuda.graph asks
+
+
+class GpuTurns:
+    """Who may use the GPU while a graph is recorded: the render loop's frames and recordings take turns.
+
+    A recording fails if another thread makes the device wait meanwhile (the
+    loop synced the whole device and ended the first one), so the loop holds
+    ``frame()`` over each frame's GPU work and the trainer holds
+    ``recording()``. A waiting recording goes before the next frame, so a
+    loop that starts frames back to back cannot starve it. Reentrant, because
+    the inline schedule trains, and so records, inside a frame.
+    """
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._recording_waits = threading.Event()
+        self._mine = threading.local()  # how deep this thread holds the lock
+
+    @contextlib.contextmanager
+    def _held(self):
+        with self._lock:
+            self._mine.depth = getattr(self._mine, "depth", 0) + 1
+            try:
+                yield
+            finally:
+                self._mine.depth -= 1
+
+    @contextlib.contextmanager
+    def frame(self):
+        while self._recording_waits.is_set() and not getattr(self._mine, "depth", 0):
+            time.sleep(0.001)
+        with self._held():
+            yield
+
+    @contextlib.contextmanager
+    def recording(self):
+        self._recording_waits.set()
+        try:
+            with self._held():
+                yield
+        finally:
+            self._recording_waits.clear()
 
 
 @dataclass
@@ -79,7 +123,7 @@ class StepGraphs:
             loss.backward()
             return loss
 
-        with tr.exclusive, _no_autocast_cache():
+        with tr.gpu_turns.recording(), _no_autocast_cache():
             side = torch.cuda.Stream(tr.device)
             side.wait_stream(torch.cuda.current_stream(tr.device))
             with torch.cuda.stream(side):

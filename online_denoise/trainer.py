@@ -23,6 +23,7 @@ from .features import FeatureSpec
 from .loss import get_loss
 from .precision import Precision
 from .ring import RingBuffer
+from .step_graph import GpuTurns, StepGraphs
 from .targets import make_objective
 
 
@@ -119,8 +120,6 @@ class Trainer:
             if precision.needs_loss_scaling:
                 raise ValueError("--train-graph: loss scaling decides on the host whether to skip a step, which "
                                  "a CUDA graph cannot; use --precision bf16 or fp32")
-            from .step_graph import StepGraphs
-
             self.graphs = StepGraphs(self)
 
         self.steps = 0
@@ -139,9 +138,7 @@ class Trainer:
         # Held while the weights change (the optimizer step) and while snapshot() copies them, so a copy is
         # never of a half-updated network.
         self._weights_lock = threading.Lock()
-        # Held by the render loop for a frame's GPU work and by the trainer while it records a CUDA graph,
-        # which other threads' syncs would break. Reentrant: the inline schedule trains inside the frame.
-        self.exclusive = threading.RLock()
+        self.gpu_turns = GpuTurns()  # the render loop's frames and this trainer's graph recordings
         self._ema: dict[str, torch.Tensor] | None = self._clone_state() if config.ema else None
         self._snapshot = Snapshot(0, self._clone_state())
         self._thread: threading.Thread | None = None

@@ -324,3 +324,45 @@ def test_recorded_steps_train_like_eager_ones_across_batch_layouts(frame_factory
     for a, b, s in zip(eager.model.parameters(), graphed.model.parameters(), start):
         assert not torch.equal(b, s), "the replayed gradients must reach the optimizer"
         torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-3)
+
+
+def test_a_waiting_recording_goes_before_the_next_frame_and_never_overlaps_one():
+    from online_denoise.step_graph import GpuTurns
+
+    turns = GpuTurns()
+    inside, overlaps, frames_done = [0], [0], [0]
+    recorded_after = []
+    started = threading.Event()
+
+    def hold(seconds):  # busy, as a thread launching GPU work is: it keeps the GIL
+        inside[0] += 1
+        overlaps[0] = max(overlaps[0], inside[0])
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+        inside[0] -= 1
+
+    def loop():  # frames back to back, as a GPU render loop runs them
+        for i in range(300):
+            with turns.frame():
+                hold(0.002)
+            frames_done[0] += 1
+            if i == 10:
+                started.set()
+
+    def record():
+        started.wait()
+        before = frames_done[0]
+        with turns.recording():
+            recorded_after.append(frames_done[0] - before)
+            hold(0.02)
+
+    threads = [threading.Thread(target=loop), threading.Thread(target=record)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert recorded_after and recorded_after[0] <= 5, f"the recording waited behind {recorded_after} frames"
+    assert overlaps[0] == 1 and frames_done[0] == 300
+    with turns.frame(), turns.recording(), turns.frame():  # the inline schedule records inside a frame
+        pass
