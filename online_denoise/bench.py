@@ -63,6 +63,7 @@ class BenchOptions:
     window: bool = False  # upload (and draw) every frame in a window, to time the display upload
     label: str = ""  # shown in tables and comparisons
     config: dict = field(default_factory=dict)
+    oidn: bool = True  # also judge OIDN on the same frames; False: ours against the references alone
 
 
 @dataclass
@@ -77,6 +78,7 @@ class Judged:
     normal: np.ndarray
     frame_obj: object  # the Frame our network denoised, to time our inference on it after the run
     reused: np.ndarray | None = None  # the pair's mean after temporal reuse, when it is on
+    oidn: np.ndarray | None = None  # OIDN's result, set when judged, for the crop grid
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -177,22 +179,25 @@ def run_bench(session: Session, options: BenchOptions) -> dict:
     # Judge after the run, so that OIDN and the metrics cost the live loop nothing. Both denoisers
     # are also timed here, alone on the machine, so their costs compare on equal terms.
     reusing = session.reuse is not None
-    quality: dict[str, list[dict]] = {m: [] for m in METHODS + (REUSE_METHODS if reusing else ())}
+    methods = [m for m in METHODS + (REUSE_METHODS if reusing else ()) if options.oidn or "oidn" not in m]
+    quality: dict[str, list[dict]] = {m: [] for m in methods}
     oidn_ms, ours_ms = [], []
     for j in judged:
-        t0 = time.perf_counter()
-        oidn = oidn_denoise(j.noisy, j.albedo, j.normal)
-        oidn_ms.append((time.perf_counter() - t0) * 1000)
+        images = {"noisy": j.noisy, "ours": j.ours}
+        if reusing:
+            images["reused"] = j.reused
+        if options.oidn:
+            t0 = time.perf_counter()
+            images["oidn"] = j.oidn = oidn_denoise(j.noisy, j.albedo, j.normal)  # kept for the crop grid
+            oidn_ms.append((time.perf_counter() - t0) * 1000)
+            if reusing:
+                images["oidn_reused"] = oidn_denoise(j.reused, j.albedo, j.normal)
         t0 = time.perf_counter()
         session.denoiser.denoise_pair(j.frame_obj, session.config.pair)
         ours_ms.append((time.perf_counter() - t0) * 1000)
-        images = [("noisy", j.noisy), ("ours", j.ours), ("oidn", oidn)]
-        if reusing:
-            images += [("reused", j.reused), ("oidn_reused", oidn_denoise(j.reused, j.albedo, j.normal))]
-        for method, image in images:
+        for method in methods:
             quality[method].append({"frame": j.frame, "seconds": j.seconds, "steps": j.steps,
-                                    **all_metrics(image, refs[j.frame])})
-        j.oidn = oidn  # kept for the crop grid
+                                    **all_metrics(images[method], refs[j.frame])})
 
     temporal = {}
     if static:
@@ -200,7 +205,7 @@ def run_bench(session: Session, options: BenchOptions) -> dict:
             "frames": len(static),
             "noisy": temporal_change([s[0] for s in static]),
             "ours": temporal_change([s[1] for s in static]),
-            "oidn": temporal_change([oidn_denoise(s[0], s[2], s[3]) for s in static]),
+            **({"oidn": temporal_change([oidn_denoise(s[0], s[2], s[3]) for s in static])} if options.oidn else {}),
             "reference": temporal_change(static_refs),
         }
 
@@ -254,10 +259,13 @@ def _report(options, records, quality, temporal, oidn_ms, ours_ms, loop_seconds,
         "early_roulette_from": session.early_roulette_from,
         "budget_batch_from": session.budget_batch_from,
         "budget_aux_from": session.budget_aux_from,
-        "oidn": {"quality": OIDN_QUALITY, "ms_mean": statistics.fmean(oidn_ms) if oidn_ms else float("nan")},
+        # None: the run was judged without OIDN (--no-oidn).
+        "oidn": {"quality": OIDN_QUALITY, "ms_mean": statistics.fmean(oidn_ms) if oidn_ms else float("nan")}
+        if options.oidn else None,
         # Both timed alone after the run: OIDN on the pair's average, ours as the loop displays a frame
         # (pair "both": each render denoised; "mean": their average, once).
-        "inference_alone_ms": {"oidn": statistics.fmean(oidn_ms) if oidn_ms else float("nan"),
+        "inference_alone_ms": {"oidn": (statistics.fmean(oidn_ms) if oidn_ms else float("nan")) if options.oidn
+                               else None,
                                "ours": statistics.fmean(ours_ms) if ours_ms else float("nan"),
                                "megapixels": h * w / 1e6, "pair": session.config.pair},
         "temporal": temporal,
@@ -372,9 +380,10 @@ def table(report: dict) -> str:
     alone = report.get("inference_alone_ms", {})
     mp = alone.get("megapixels") or float("nan")
     what = {"both": "both renders", "mean": "the renders' mean"}.get(alone.get("pair"), "?")
+    oidn = (f"OIDN {report['oidn']['quality']} {_f(alone.get('oidn'), '.0f')} ms "
+            f"({_f(alone.get('oidn', float('nan')) / mp, '.0f')} ms/MP)" if report.get("oidn") else "OIDN not judged")
     lines.append(f"inference alone, per frame (per megapixel): ours, {what} {_f(alone.get('ours'), '.0f')} ms "
-                 f"({_f(alone.get('ours', float('nan')) / mp, '.0f')} ms/MP); OIDN {report['oidn']['quality']} "
-                 f"{_f(alone.get('oidn'), '.0f')} ms ({_f(alone.get('oidn', float('nan')) / mp, '.0f')} ms/MP)")
+                 f"({_f(alone.get('ours', float('nan')) / mp, '.0f')} ms/MP); {oidn}")
     return "\n".join(lines)
 
 
@@ -424,7 +433,8 @@ def comparison_outputs(out: Path, reports: list[dict]) -> str:
 
     rows = []
     for r in reports:
-        ours, oidn, noisy = r["final"]["ours"], r["final"]["oidn"], r["final"]["noisy"]
+        ours, noisy = r["final"]["ours"], r["final"]["noisy"]
+        oidn = r["final"].get("oidn") or {"psnr": None, "flip": None}  # None: judged without OIDN
         steady = r["timing"]["steady"]
         rows.append({
             "scene": r["scene"], "target": r["config"]["train"]["target"], "seconds": ours["seconds"],
@@ -444,6 +454,6 @@ def comparison_outputs(out: Path, reports: list[dict]) -> str:
     for w in rows:
         lines.append(f"{w['scene']:<15} {w['target']:<10} {w['seconds']:5.0f} {w['fps']:5.2f} {w['steps_per_s']:7.2f} "
                      f"{w['render_ms']:7.0f} {w['psnr']:6.2f} {w['relmse']:7.4f} {w['flip']:6.4f} | "
-                     f"{w['oidn_psnr']:9.2f} {w['oidn_flip']:6.4f} | {w['noisy_psnr']:6.2f}")
+                     f"{_f(w['oidn_psnr'], '9.2f'):>9} {_f(w['oidn_flip'], '6.4f'):>6} | {w['noisy_psnr']:6.2f}")
     lines.append(f"wrote {out}/comparison.json, comparison.csv, comparison_<scene>.png and a report folder per run")
     return "\n".join(lines)

@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--static-frames", type=int, default=12, help="still frames for temporal stability (0: skip)")
     g.add_argument("--window", action="store_true", help="upload and draw each frame in a window, timing the upload")
     g.add_argument("--label", default="", help="name of this run in tables and comparisons")
+    g.add_argument("--no-oidn", action="store_true",
+                   help="judge against the references alone, without OIDN (e.g. where pyoidn cannot be installed)")
     g.add_argument("--out", default=None, help="report folder (default runs/bench-<scene>)")
     g.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), default=None,
                    help="print the differences between two reports and exit")
@@ -187,6 +189,10 @@ def _cmd_bench(args) -> int:
 
     for name in scenes:
         resolve_scene(name)  # fail on a bad name before any run starts
+    if not args.no_oidn:
+        from .oidn import require_oidn
+
+        require_oidn()  # before the loop: the comparison comes after it
     single = len(scenes) == 1 and len(targets) == 1
     base = Path(args.out) if args.out else Path("runs") / (f"bench-{resolve_scene(scenes[0]).name}" if single
                                                            else "bench-compare")
@@ -227,7 +233,7 @@ def _bench_one(args, out: Path, label: str) -> dict:
     options = BenchOptions(out=out, frames=args.frames, seconds=args.seconds, every=args.every, warmup=args.warmup,
                            reference_spp=args.reference_spp, cache_dir=args.cache_dir,
                            static_frames=args.static_frames, path_fps=args.path_fps, window=args.window,
-                           label=label, config=config)
+                           label=label, config=config, oidn=not args.no_oidn)
     try:
         return run_bench(session, options)
     finally:

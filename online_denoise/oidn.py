@@ -10,6 +10,17 @@ from .features import finite
 OIDN_QUALITY = "balanced"
 
 
+def require_oidn() -> None:
+    """Fail before a benchmark's live loop, not after it, when OIDN cannot be loaded."""
+    from .errors import UserError
+
+    try:
+        import pyoidn  # noqa: F401
+    except Exception as e:  # ImportError, or OSError from a missing shared library of OIDN's
+        raise UserError(f"OIDN (the pyoidn package) cannot be loaded: {e}. bench compares against it; install it "
+                        "(scripts/setup.sh does) or pass --no-oidn to judge against the references alone") from None
+
+
 def oidn_denoise(color, albedo=None, normal=None, quality: str = OIDN_QUALITY) -> np.ndarray:
     """Denoise a linear HDR H x W x 3 image with OIDN's RT filter (hdr=True).
 

@@ -81,12 +81,17 @@ def quality_plot(path: Path, report: dict, x: str = "frame") -> None:
 
 
 def crop_grid(path: Path, judged: list, refs: dict, crop: int = 96, zoom: int = 2) -> None:
-    """Rows: early, middle and last judged frames; columns: noisy | ours | OIDN | reference.
+    """Rows: early, middle and last judged frames; columns: noisy | ours | OIDN (when judged) | reference.
 
     The crop is centred on where OIDN and ours disagree most with the reference,
     so the grid shows the hard part of the frame, not an easy wall.
     """
     picks = sorted({0, len(judged) // 2, len(judged) - 1})
+
+    def columns(j, ref):  # OIDN's column only where the run judged it (not with --no-oidn)
+        return [(n, im) for n, im in (("noisy", j.noisy), ("ours", j.ours), ("OIDN", j.oidn), ("reference", ref))
+                if im is not None]
+
     rows = []
     for k in picks:
         j = judged[k]
@@ -96,13 +101,14 @@ def crop_grid(path: Path, judged: list, refs: dict, crop: int = 96, zoom: int = 
         err = np.abs(to_uint8(j.ours).astype(float) - to_uint8(ref)).mean(-1)
         y, x = np.unravel_index(np.argmax(_box(err, c)), err.shape)
         y0, x0 = int(np.clip(y - c // 2, 0, h - c)), int(np.clip(x - c // 2, 0, w - c))
-        tiles = [to_uint8(im[y0:y0 + c, x0:x0 + c]) for im in (j.noisy, j.ours, j.oidn, ref)]
+        tiles = [to_uint8(im[y0:y0 + c, x0:x0 + c]) for _, im in columns(j, ref)]
         row = np.concatenate([np.pad(t.repeat(zoom, 0).repeat(zoom, 1), ((2, 2), (2, 2), (0, 0))) for t in tiles], 1)
         rows.append(row)
     image = np.concatenate(rows, 0)
     fig, ax = plt.subplots(figsize=(image.shape[1] / 100, image.shape[0] / 100 + 0.5))
     ax.imshow(image, interpolation="nearest")
-    ax.set_xticks([(i + 0.5) * image.shape[1] / 4 for i in range(4)], ["noisy", "ours", "OIDN", "reference"])
+    names = [n for n, _ in columns(judged[picks[0]], refs[judged[picks[0]].frame])]
+    ax.set_xticks([(i + 0.5) * image.shape[1] / len(names) for i in range(len(names))], names)
     ax.set_yticks([(i + 0.5) * image.shape[0] / len(picks) for i in range(len(picks))],
                   [f"frame {judged[k].frame}" for k in picks])
     ax.tick_params(length=0)
@@ -129,7 +135,7 @@ def comparison_plot(path: Path, reports: list[dict]) -> None:
     for i, r in enumerate(reports):
         c = colors[i % len(colors)]
         for ax, metric in zip(axes, ("psnr", "flip")):
-            ours, oidn = r["quality"]["ours"], r["quality"]["oidn"]
+            ours, oidn = r["quality"]["ours"], r["quality"].get("oidn", [])  # none: judged without OIDN
             ax.plot([q["seconds"] for q in ours], [q[metric] for q in ours], "o-", color=c, markersize=3,
                     label=r["label"])
             ax.plot([q["seconds"] for q in oidn], [q[metric] for q in oidn], ":", color=c, alpha=0.7)

@@ -86,6 +86,34 @@ def test_compare_prints_the_differences(runs, cli):
     assert float(line.split()[-1]) > 0
 
 
+def test_no_oidn_judges_against_the_references_alone_and_still_compares(runs, cli, tmp_path):
+    out = tmp_path / "o"
+    proc = cli("bench", *TINY, "--spp", 1, "--no-oidn", "--cache-dir", tmp_path / "c", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["oidn"] is None and report["inference_alone_ms"]["oidn"] is None
+    assert set(report["final"]) == {"noisy", "ours", "reused"} and "oidn" not in report["temporal"]
+    assert "OIDN not judged" in proc.stdout and "frames/s steady" in proc.stdout
+    for name in FILES:
+        assert (out / name).stat().st_size > 0, name
+    assert len((out / "quality.csv").read_text().splitlines()) == 1 + 3 * 4
+    both = cli("bench", "--compare", runs["spp1"][0] / "report.json", out / "report.json")
+    assert both.returncode == 0, both.stderr
+    assert "ours psnr" in both.stdout and "oidn psnr" not in both.stdout
+
+
+def test_bench_without_pyoidn_stops_before_the_loop_and_names_the_way_out(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from online_denoise.cli import main
+
+    monkeypatch.setitem(sys.modules, "pyoidn", None)  # import pyoidn now raises ImportError
+    assert main(["bench", "--res", "32", "--frames", "3", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "pyoidn" in err and "--no-oidn" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists(), "nothing is written before the check"
+
+
 def test_compare_refuses_files_that_are_not_reports(cli, tmp_path):
     bad = tmp_path / "notes.json"
     bad.write_text('{"hello": 1}')
