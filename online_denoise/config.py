@@ -178,7 +178,7 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
                    help="CUDA: record each training step's forward and backward passes as a CUDA graph and "
                         "replay it (one launch instead of ~1200); implies bf16 under --precision auto")
     g.add_argument("--precision", default="auto",
-                   help="network number format: auto (bf16 on CPUs with native bf16, fp16 on CUDA), fp32, bf16, fp16")
+                   help="network number format: auto (bf16 where the CPU or GPU has it natively; else fp16 with loss scaling on CUDA, fp32 on the CPU), fp32, bf16, fp16")
 
 
 @dataclass(frozen=True)

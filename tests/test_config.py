@@ -153,7 +153,10 @@ def test_impossible_network_is_a_user_error():
         resolved("--scales", "6")  # more scales than max-pools
 
 
-def test_train_graph_flag_needs_cuda_and_picks_bf16():
+def test_train_graph_flag_needs_cuda_and_picks_bf16(monkeypatch):
+    from online_denoise import precision
+
+    monkeypatch.setattr(precision, "cuda_has_bf16", lambda: False)  # a GPU without bf16: auto is fp16
     with pytest.raises(UserError, match="--train-graph: CUDA graphs need a CUDA device"):
         resolved("--train-graph")
 
@@ -170,3 +173,12 @@ def test_train_graph_flag_needs_cuda_and_picks_bf16():
         on_cuda("--train-graph", "--compile", "all")
     with pytest.raises(UserError, match="--target gr2r"):
         on_cuda("--train-graph", "--target", "gr2r")
+
+
+def test_auto_precision_on_cuda_is_bf16_where_the_gpu_has_it(monkeypatch):
+    from online_denoise import precision
+
+    for native, expected in ((True, "bf16"), (False, "fp16")):
+        monkeypatch.setattr(precision, "cuda_has_bf16", lambda native=native: native)
+        chosen = precision.choose_precision("auto", torch.device("cuda"))
+        assert chosen.dtype == expected and chosen.needs_loss_scaling == (expected == "fp16")
