@@ -122,8 +122,10 @@ def _starting_weights(args, run):
     if path is None:
         return None
     prior = load_checkpoint(path)
-    # The firefly clamp only conditions the input, so a prior serves a run with any ratio.
-    if prior.model_config != run.model or replace(prior.spec, firefly=run.features.firefly) != run.features:
+    # The firefly clamp and demodulation only change what the kernels filter, not the network's inputs,
+    # so a prior serves a run with either setting.
+    spec = replace(prior.spec, firefly=run.features.firefly, demodulate=run.features.demodulate)
+    if prior.model_config != run.model or spec != run.features:
         print(f"online-denoise: the {run.preset.name} prior does not fit this network or feature set; "
               f"starting from random weights", file=sys.stderr)
         return None

@@ -139,6 +139,10 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--firefly-clamp", type=float, default=FIREFLY_RATIO, metavar="R",
                    help="scale down pixels brighter than R x the second brightest of their 8 neighbours before "
                         f"the network and its kernels see them; 0 turns it off (default {FIREFLY_RATIO:g})")
+    g.add_argument("--demodulate", type=float, default=0.0, metavar="FLOOR",
+                   help="the kernels filter colour / albedo (albedo floored at FLOOR) and multiply it back: "
+                        "texture is kept, not averaged with the noise. Pays on textured scenes, costs on plain "
+                        "ones (README); 0: off (default)")
     g.add_argument("--loss", default=None,
                    help="hdr (default), l2, l1, l0 (annealed 2 -> 0), or nll (blind-spot likelihood, its default)")
     g.add_argument("--target", default="n2n",
@@ -241,9 +245,10 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
                         "install one (apt-get install g++) or drop --compile")
     try:
         features = FeatureSpec(parse_features(args.features), args.transfer, args.exposure_norm,
-                               args.firefly_clamp)
+                               args.firefly_clamp, getattr(args, "demodulate", 0.0))
     except ValueError as e:
-        flag = "--firefly-clamp" if "firefly" in str(e) else "--transfer/--features"
+        flag = ("--firefly-clamp" if "firefly" in str(e) else "--demodulate" if "demodulat" in str(e)
+                else "--transfer/--features")
         raise UserError(f"{flag}: {e}") from None
     target = getattr(args, "target", "n2n")
     if "," in target:
@@ -258,6 +263,9 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
                              "scales": getattr(args, "scales", None)}.items() if v is not None}
     if net.get("output") == "direct":
         net.setdefault("scales", 1)  # the direct head has no kernel scales
+        if features.demodulate:
+            raise UserError("--demodulate: the kernels of the kpn head filter the demodulated colour; the direct "
+                            "head has none (drop --head direct or --demodulate)")
     try:
         model = replace(preset.model, in_channels=features.channels, **net)
     except ValueError as e:

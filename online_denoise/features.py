@@ -31,6 +31,9 @@ class FeatureSpec:
     transfer: str = "paper"  # curve applied to the colour input (color.TRANSFERS)
     exposure: str = "none"  # "auto" scales each frame to middle grey before the transfer
     firefly: float = FIREFLY_RATIO  # suppress_fireflies' ratio; 0: off
+    # The kpn kernels filter colour / max(albedo, demodulate) and the result is multiplied back, so texture
+    # is not averaged away with the noise; the value is the albedo floor. 0: off (the kernels filter colour).
+    demodulate: float = 0.0
 
     def __post_init__(self):
         if not self.features or self.features[0] != "color":
@@ -43,6 +46,10 @@ class FeatureSpec:
             raise ValueError(f"exposure {self.exposure!r}: expected one of {EXPOSURE_MODES}")
         if not (self.firefly == 0 or 1 <= self.firefly < float("inf")):
             raise ValueError(f"firefly ratio {self.firefly}: expected 0 (off) or a number >= 1")
+        if not 0 <= self.demodulate < 1:
+            raise ValueError(f"demodulation floor {self.demodulate}: expected 0 (off) or an albedo in (0, 1)")
+        if self.demodulate and "albedo" not in self.features:
+            raise ValueError("demodulation divides by the albedo, which the features leave out")
 
     @property
     def channels(self) -> int:
@@ -50,16 +57,18 @@ class FeatureSpec:
 
     def to_dict(self) -> dict:
         return {"features": list(self.features), "transfer": self.transfer, "exposure": self.exposure,
-                "firefly": self.firefly}
+                "firefly": self.firefly, "demodulate": self.demodulate}
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureSpec":
-        # Checkpoints from before the firefly clamp were trained and used without it.
-        return cls(tuple(d["features"]), d["transfer"], d.get("exposure", "none"), float(d.get("firefly", 0.0)))
+        # Checkpoints from before the firefly clamp or demodulation were trained and used without them.
+        return cls(tuple(d["features"]), d["transfer"], d.get("exposure", "none"), float(d.get("firefly", 0.0)),
+                   float(d.get("demodulate", 0.0)))
 
     def describe(self) -> str:
         clamp = f", fireflies over {self.firefly:g}x clamped" if self.firefly else ""
-        return f"{'+'.join(self.features)} ({self.transfer} transfer, exposure {self.exposure}{clamp})"
+        demod = f", filtered over albedo (floor {self.demodulate:g})" if self.demodulate else ""
+        return f"{'+'.join(self.features)} ({self.transfer} transfer, exposure {self.exposure}{clamp}{demod})"
 
 
 def finite(x: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,8 @@ def test_the_cpu_preset_as_shipped():
     assert resolved("--rr-depth", "0").budget_batch is None
 
 
-@pytest.mark.parametrize("flags", [(), ("--firefly-clamp", "0"), ("--firefly-clamp", "8")])
-def test_the_shipped_prior_fits_the_cpu_preset_whatever_its_firefly_clamp(flags, capsys):
+@pytest.mark.parametrize("flags", [(), ("--firefly-clamp", "0"), ("--firefly-clamp", "8"), ("--demodulate", "0.05")])
+def test_the_shipped_prior_fits_the_cpu_preset_whatever_its_firefly_clamp_or_demodulation(flags, capsys):
     from online_denoise.cli import _starting_weights
 
     args = _parser().parse_args(["bench", "--preset", "cpu", *flags])
@@ -182,3 +182,11 @@ def test_auto_precision_on_cuda_is_bf16_where_the_gpu_has_it(monkeypatch):
         monkeypatch.setattr(precision, "cuda_has_bf16", lambda native=native: native)
         chosen = precision.choose_precision("auto", torch.device("cuda"))
         assert chosen.dtype == expected and chosen.needs_loss_scaling == (expected == "fp16")
+
+
+def test_demodulate_flag_sets_the_spec_and_keeps_the_prior():
+    assert resolved("--demodulate", "0.05").features.demodulate == 0.05  # the prior: the test above
+    with pytest.raises(UserError, match="--demodulate"):
+        resolved("--demodulate", "2")
+    with pytest.raises(UserError, match="--demodulate: the kernels of the kpn head"):
+        resolved("--demodulate", "0.05", "--head", "direct")

@@ -75,3 +75,14 @@ def test_the_spec_carries_the_ratio_and_old_checkpoints_had_none():
     for bad in (-1.0, 0.5, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="firefly ratio"):
             FeatureSpec(firefly=bad)
+
+
+def test_demodulation_is_saved_with_the_spec_and_checked():
+    spec = FeatureSpec(demodulate=0.05)
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec and "albedo (floor 0.05)" in spec.describe()
+    old = {k: v for k, v in FeatureSpec().to_dict().items() if k != "demodulate"}
+    assert FeatureSpec.from_dict(old).demodulate == 0.0  # checkpoints from before it ran without it
+    with pytest.raises(ValueError, match="demodulation floor"):
+        FeatureSpec(demodulate=1.5)
+    with pytest.raises(ValueError, match="leave out"):
+        FeatureSpec(features=("color", "normal"), demodulate=0.05)

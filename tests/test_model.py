@@ -221,3 +221,23 @@ def test_invalid_configs():
     with pytest.raises(ValueError):
         ModelConfig(kernel_size=4)
     assert ModelConfig.from_dict(ModelConfig(width=12, head=(8, 4)).to_dict()) == ModelConfig(width=12, head=(8, 4))
+
+
+def test_demodulated_kernels_keep_texture_that_plain_kernels_blur():
+    """Colour = albedo x constant light: over the albedo the kernels see a flat image, so texture survives."""
+    from online_denoise.denoiser import run_network
+    from online_denoise.features import FeatureSpec
+
+    torch.manual_seed(0)
+    model = UNet(ModelConfig(width=8, depth=2, output="kpn", scales=2)).eval()
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    checker = ((yy // 2 + xx // 2) % 2).float() * 0.7 + 0.1  # 2-pixel texture, albedo 0.1 / 0.8
+    albedo = checker.expand(1, 3, 32, 32).clone()
+    color = albedo * 1.7
+    normal = torch.zeros(1, 3, 32, 32)
+    normal[:, 2] = 1.0
+    with torch.no_grad():
+        plain = run_network(model, FeatureSpec(firefly=0), color, albedo, normal)
+        kept = run_network(model, FeatureSpec(firefly=0, demodulate=0.05), color, albedo, normal)
+    torch.testing.assert_close(kept, color, rtol=1e-4, atol=1e-5)
+    assert (plain - color).abs().mean() > 0.1, "an untrained kernel blurs the texture away"
