@@ -107,7 +107,12 @@ def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
     demodulated = bool(spec.demodulate) and albedo is not None and getattr(model, "config", None) is not None \
         and model.config.output == "kpn"
     if demodulated:
-        a = pad_to(finite(albedo).clamp(spec.demodulate, 1.0), model.alignment)[0]
+        a = finite(albedo).clamp(spec.demodulate, 1.0)
+        if keep is not None:
+            # Lights and the background stay as they are: a light's albedo is 0, and divided by the floor it
+            # came back multiplied by its rim's albedo, 50x too bright, in every pixel that gathered it.
+            a = torch.where(keep > 0.5, torch.ones_like(a), a)
+        a = pad_to(a, model.alignment)[0]
         c = c / a
     with precision.autocast(x.device):
         y = model(x, c, **masks)

@@ -241,3 +241,29 @@ def test_demodulated_kernels_keep_texture_that_plain_kernels_blur():
         kept = run_network(model, FeatureSpec(firefly=0, demodulate=0.05), color, albedo, normal)
     torch.testing.assert_close(kept, color, rtol=1e-4, atol=1e-5)
     assert (plain - color).abs().mean() > 0.1, "an untrained kernel blurs the texture away"
+
+
+def test_demodulation_leaves_lights_alone():
+    """A light's albedo is 0: divided by the floor and multiplied back by its rim's albedo it once came out
+    50x too bright wherever it was gathered. Lights are filtered undemodulated."""
+    from online_denoise.denoiser import run_network
+    from online_denoise.features import FeatureSpec
+
+    torch.manual_seed(0)
+    model = UNet(ModelConfig(width=8, depth=2, output="kpn", scales=2)).eval()
+    albedo = torch.full((1, 3, 32, 32), 0.6)
+    color = albedo * 0.5
+    color[..., 11:21, 11:21] = 15.0  # the light's rim: pixels half on the light, half on the ceiling
+    albedo[..., 11:21, 11:21] = 0.3
+    albedo[..., 12:20, 12:20] = 0.0  # the light's black albedo
+    color[..., 12:20, 12:20] = 30.0
+    emitter = torch.zeros(1, 1, 32, 32)
+    emitter[..., 11:21, 11:21] = 1.0  # bright enough to count as the light
+    normal = torch.zeros(1, 3, 32, 32)
+    normal[:, 2] = 1.0
+    with torch.no_grad():
+        plain = run_network(model, FeatureSpec(firefly=0), color, albedo, normal, emitter=emitter)
+        demod = run_network(model, FeatureSpec(firefly=0, demodulate=0.05), color, albedo, normal, emitter=emitter)
+    assert demod.max() <= 30.0 * 1.01 and plain.max() <= 30.0 * 1.01
+    light = emitter.bool().expand_as(color)
+    torch.testing.assert_close(demod[light], plain[light], rtol=0.05, atol=0.5)
