@@ -314,6 +314,10 @@ class Backend:
 
 def network_backend(denoiser, checkpoint: str, tile: int, overlap: int) -> Backend:
     def run(inputs: Inputs) -> np.ndarray:
+        if denoiser.spec.demodulate and inputs.emission is None:
+            # A light's albedo is 0; demodulated, it leaks into the pixels around it unless it is masked.
+            inputs.notes.append("the checkpoint filters over the albedo (--demodulate) and no emission layer "
+                                "masks the lights: a light in view may leave a bright rim")
         return denoiser.denoise_tiled(inputs.color, inputs.albedo, inputs.normal, tile, overlap, inputs.emission)
 
     # The emission layer is looked for but optional: without it lights are filtered like any pixel.

@@ -313,3 +313,16 @@ def test_a_named_emission_layer_that_is_missing_is_an_error(cli, tmp_path, check
     f = mitsuba_file(tmp_path / "a.exr")
     proc = cli("denoise", f, "-o", tmp_path / "out", "--checkpoint", checkpoint, "--emission", "lights")
     assert proc.returncode == 1 and "no emission layer 'lights'" in proc.stderr and "a.exr" in proc.stderr
+
+
+def test_a_demodulating_checkpoint_without_an_emission_layer_says_so(cli, tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(width=8, depth=3, output="kpn", scales=2)
+    ckpt = save_checkpoint(tmp_path / "demod.pt", UNet(cfg), cfg, FeatureSpec(demodulate=0.05))
+    f, _, _ = lit_file(tmp_path / "lit.exr")
+    masked = cli("denoise", f, "-o", tmp_path / "a", "--checkpoint", ckpt)
+    assert masked.returncode == 0, masked.stderr
+    assert "filters over the albedo" not in masked.stdout
+    bare = cli("denoise", f, "-o", tmp_path / "b", "--checkpoint", ckpt, "--emission", "none")
+    assert bare.returncode == 0, bare.stderr
+    assert "no emission layer masks the lights" in bare.stdout
