@@ -2,9 +2,9 @@
 
 On a GPU the eager step is bound by kernel launches, not arithmetic: the
 width-48 step on 8 x 128^2 crops launched about 1200 kernels and kept an H100
-busy 10.8 of its 18.9 ms, and the trainer thread's launching held the GIL
-that the render loop's own launches wait for. A recorded graph is replayed
-with one launch.
+busy 10.8 of its 18.9 ms, and the trainer thread's launches compete with
+the render loop's for the GIL and the GPU (inference took 5.4 ms alone and
+17-21 ms in the loop). A recorded graph is replayed with one launch.
 
 The optimizer step stays outside the graph: the fused Adam is a few kernels,
 and the trainer's host-side verdicts (skip a non-finite step, scale a spike
