@@ -231,6 +231,7 @@ def _report(options, records, quality, temporal, oidn_ms, ours_ms, loop_seconds,
         span = steady[-1]["seconds"] - steady[0]["seconds"]
         steps_per_s = (steady[-1]["steps"] - steady[0]["steps"]) / span if span > 0 else float("nan")
     h, w = renderer.shape
+    oidn_mean = (statistics.fmean(oidn_ms) if oidn_ms else float("nan")) if options.oidn else None
     return {
         "format": REPORT_FORMAT,
         "label": options.label or renderer.scene_info.name,
@@ -260,12 +261,10 @@ def _report(options, records, quality, temporal, oidn_ms, ours_ms, loop_seconds,
         "budget_batch_from": session.budget_batch_from,
         "budget_aux_from": session.budget_aux_from,
         # None: the run was judged without OIDN (--no-oidn).
-        "oidn": {"quality": OIDN_QUALITY, "ms_mean": statistics.fmean(oidn_ms) if oidn_ms else float("nan")}
-        if options.oidn else None,
+        "oidn": {"quality": OIDN_QUALITY, "ms_mean": oidn_mean} if options.oidn else None,
         # Both timed alone after the run: OIDN on the pair's average, ours as the loop displays a frame
         # (pair "both": each render denoised; "mean": their average, once).
-        "inference_alone_ms": {"oidn": (statistics.fmean(oidn_ms) if oidn_ms else float("nan")) if options.oidn
-                               else None,
+        "inference_alone_ms": {"oidn": oidn_mean,
                                "ours": statistics.fmean(ours_ms) if ours_ms else float("nan"),
                                "megapixels": h * w / 1e6, "pair": session.config.pair},
         "temporal": temporal,

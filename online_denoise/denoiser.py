@@ -97,15 +97,15 @@ def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
     direct = [m for m in (emitter, background) if m is not None]
     keep = None if not direct else direct[0] if len(direct) == 1 else torch.maximum(*direct)
     x, c, (h, w) = prepare_input(model, spec, color, albedo, normal, exposure, precision, frames, keep)
+    kpn = getattr(model, "config", None) is not None and model.config.output == "kpn"
     masks = {}
     if emitter is not None:
         masks["emitter"] = pad_to(emitter, model.alignment)[0]
-    if background is not None and getattr(model, "config", None) is not None and model.config.output == "kpn":
+    if background is not None and kpn:
         masks["background"] = pad_to(background, model.alignment)[0]
     # Demodulated, the kernels filter irradiance, which is smooth across texture; the albedo, from the
     # aux pass's own samples, puts the texture back (fine-texture, 120 s: +3.25 dB; see the README).
-    demodulated = bool(spec.demodulate) and albedo is not None and getattr(model, "config", None) is not None \
-        and model.config.output == "kpn"
+    demodulated = kpn and bool(spec.demodulate) and albedo is not None
     if demodulated:
         a = finite(albedo).clamp(spec.demodulate, 1.0)
         if keep is not None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -115,8 +115,7 @@ class StepGraphs:
     def _record(self, batch, has_background: bool) -> _Recorded:
         tr = self.trainer
         static = replace(batch, has_background=has_background,
-                         **{f.name: getattr(batch, f.name).clone() for f in fields(batch)
-                            if f.name in _TENSOR_FIELDS and getattr(batch, f.name) is not None})
+                         **{n: getattr(batch, n).clone() for n in _TENSOR_FIELDS if getattr(batch, n) is not None})
 
         def forward_backward():
             loss = tr.objective.loss(tr, static)
