@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from online_denoise.arrays import to_numpy
-from online_denoise.temporal import TemporalConfig, TemporalReuse, project
+import torch.nn.functional as F
+
+from online_denoise.temporal import TemporalConfig, TemporalReuse, catmull_rom, project
 from renderer.camera import Pose
 from renderer.frame import Frame
 
@@ -246,6 +248,59 @@ def test_a_camera_move_reads_the_history_where_the_surface_was():
     assert np.abs(first.color_a - expected)[:, 4:-4].max() > 0.5  # a lookup at the same pixel would be wrong
 
 
+def pixel_grid(h: int, w: int, dx: float = 0.0, dy: float = 0.0) -> torch.Tensor:
+    """A grid_sample grid at the pixel centres, shifted by (dx, dy) pixels."""
+    xs = (torch.arange(w) + 0.5 + dx) / w * 2 - 1
+    ys = (torch.arange(h) + 0.5 + dy) / h * 2 - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy], -1)[None]
+
+
+def test_the_cubic_lookup_reads_pixel_centres_exactly_and_keeps_a_constant():
+    image = torch.rand(1, 6, 20, 30, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(catmull_rom(image, pixel_grid(20, 30)), image, atol=1e-5)
+    flat = torch.full((1, 3, 20, 30), 0.7)
+    assert torch.allclose(catmull_rom(flat, pixel_grid(20, 30, 0.37, -0.81)), flat, atol=1e-6)
+
+
+def edge_width(row: torch.Tensor) -> int:
+    """Pixels of a 0-to-1 step that sit between 10% and 90% of it."""
+    return int(((row > 0.1) & (row < 0.9)).sum())
+
+
+def test_repeated_cubic_lookups_keep_an_edge_sharp_where_bilinear_ones_spread_it():
+    """Ten half-pixel moves back and forth, as a history is read back frame after frame."""
+    step = torch.zeros(1, 1, 8, 64)
+    step[..., 32:] = 1.0
+    read = {"bilinear": lambda im, g: F.grid_sample(im, g, mode="bilinear", padding_mode="border",
+                                                    align_corners=False),
+            "cubic": catmull_rom}
+    widths = {}
+    for name, lookup in read.items():
+        image = step
+        for i in range(10):
+            image = lookup(image, pixel_grid(8, 64, 0.5 if i % 2 == 0 else -0.5))
+        widths[name] = edge_width(image[0, 0, 4])
+        assert image.min() >= 0.0 and image.max() <= 1.0  # clamped to its taps: no ringing beside the edge
+    assert widths == {"bilinear": 4, "cubic": 2}
+
+
+def test_reuse_keeps_a_world_space_edge_sharp_as_the_camera_slides():
+    """A step in the plane's colour, seen by a camera sliding sub-pixel distances: the history must not blur it."""
+    def colour(points):
+        return np.repeat(np.where(points[..., 0] > 0.05, 1.0, 0.05)[..., None], 3, -1).astype(np.float32)
+
+    errors = {}
+    for resample in ("bilinear", "catmull-rom"):
+        reuse = TemporalReuse(TemporalConfig(history=16, resample=resample))
+        for i in range(12):
+            pose = Pose(POSE.position + np.array([0.04 * i, 0.0, 0.0]), POSE.rotation, POSE.fov)
+            p = plane_positions(pose)
+            out, _ = reuse.apply(replace(frame(i, pose=pose, position=p), color_a=colour(p), color_b=colour(p)))
+        errors[resample] = np.abs(to_numpy(out.color_a) - colour(p))[:, 4:-4].mean()
+    assert errors["catmull-rom"] < 0.7 * errors["bilinear"]  # measured: 0.020 against 0.030
+
+
 def test_a_history_that_no_longer_matches_the_new_samples_restarts():
     """Shading that moved while the geometry stayed (a reflection): the blocks whose level jumped restart."""
     ones = np.ones((H, W, 3), np.float32)
@@ -315,7 +370,7 @@ def test_frames_without_the_aux_positions_are_refused():
 
 @pytest.mark.parametrize("bad", [{"history": 0}, {"history": 2.5}, {"depth_tolerance": 0}, {"normal_cos": 2},
                                  {"doubt_sigmas": 5.0}, {"doubt_history": 0},
-                                 {"lobe_fraction": -1.0}, {"lobe_fraction": float("nan")}])
+                                 {"lobe_fraction": -1.0}, {"lobe_fraction": float("nan")}, {"resample": "nearest"}])
 def test_config_refuses_nonsense(bad):
     with pytest.raises(ValueError):
         TemporalConfig(**bad)
