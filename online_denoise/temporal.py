@@ -125,9 +125,10 @@ def catmull_rom(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
     The history is read back once a frame, so whatever a lookup blurs, it
     blurs again every frame: a bilinear lookup halfway between pixels
-    averages the two, and after ten such moves a sharp edge was spread over
-    six pixels (the sun patch's rim on sunlit-room over four, in the reused
-    input and so in our output). A cubic keeps the edge within two. On each
+    averages the two, and after ten such moves a sharp step spans four
+    pixels from 10% to 90% of its height (the sun patch's rim on sunlit-room
+    came out four pixels wide, in the reused input and so in our output).
+    The cubic keeps it within two. On each
     axis the two inner taps' weights are positive, so one bilinear lookup
     between them reads both; the four corner taps, under 2% of the weight
     together, are left out and the rest renormalised: five bilinear lookups

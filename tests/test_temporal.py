@@ -6,10 +6,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
-from online_denoise.arrays import to_numpy
 import torch.nn.functional as F
 
+from online_denoise.arrays import to_numpy
 from online_denoise.temporal import TemporalConfig, TemporalReuse, catmull_rom, project
 from renderer.camera import Pose
 from renderer.frame import Frame
