@@ -22,7 +22,9 @@ is stale. Each render therefore also compares, block by block, the mean
 luminance of its reprojected history with that of its new samples, and
 restarts the blocks where they differ by more than the new samples' noise
 explains. Without that test the glossy-metals floor went grey: 18.6 dB,
-where the same run without reuse makes about 30. Drift below the test's
+where the same run without reuse makes about 30. Diffuse shapes are spared
+the test: in a static scene the view cannot change their shading, so every
+alarm there was noise, and it cost sunlit-room a quarter of its history. Drift below the test's
 noise still adds up over a long history, so a glossy pixel also keeps no
 more frames than its lobe width (``renderer.lobes``, carried by the frame)
 divided by the angle its view turned since the last frame.
@@ -71,6 +73,9 @@ class TemporalConfig:
     doubt_sigmas: float = 2.0  # a block off by this many sigmas (and the fraction) keeps a shorter history...
     doubt_history: int = 4  # ... of at most this many frames, so a slowly moving reflection lags less
     lobe_fraction: float = 1.0  # a glossy pixel's history spans at most this many lobe widths of turn; 0: off
+    # Diffuse shading does not depend on the view, so in a static scene its history cannot go stale; tested
+    # anyway, the false alarms of noise restarted or shortened it (False: only view-dependent pixels are tested).
+    test_diffuse: bool = False
     resample: str = "catmull-rom"  # how the history is read back (RESAMPLERS); see catmull_rom
 
     def __post_init__(self):
@@ -218,8 +223,11 @@ class TemporalReuse:
             counts = [torch.ones(1, 1, h, w, device=dev) for _ in colors]
             means = colors
         else:
-            view_cap = self._view_cap(getattr(frame, "lobes", None), position, surface, frame.pose, prev["pose"])
-            counts, means = self._blend(prev, colors, position, surface, albedo, normal, solid, view_cap, h, w)
+            widths = self._lobe_widths(getattr(frame, "lobes", None), surface)
+            view_cap = self._view_cap(widths, position, frame.pose, prev["pose"])
+            diffuse = None if widths is None or self.config.test_diffuse else torch.isposinf(widths)
+            counts, means = self._blend(prev, colors, position, surface, albedo, normal, solid, view_cap, diffuse,
+                                        h, w)
         self._prev = {"shape": (h, w), "colors": means, "counts": counts, "depth": depth, "albedo": albedo,
                       "normal": normal, "surface": surface, "solid": solid.float(), "pose": frame.pose}
         hwc = [m[0].permute(1, 2, 0) for m in means]
@@ -228,28 +236,35 @@ class TemporalReuse:
                          frames_a=spans[0], frames_b=spans[1] if len(spans) > 1 else None)
         return reused, float(sum(c.mean() for c in counts) / len(counts))
 
-    def _view_cap(self, lobes, position, surface, pose, prev_pose) -> torch.Tensor:
+    def _lobe_widths(self, lobes, surface) -> torch.Tensor | None:
+        """Each pixel's lobe width in radians (inf: diffuse; NaN: a shape the table does not know); None: no table."""
+        if lobes is None:
+            return None
+        if self._lobe_table is None or self._lobe_table[0] is not lobes:
+            # One more entry for shape ids the table does not know (shapes inside instances): nothing is known
+            # of their material, so they are neither capped by a lobe nor exempt from the stale test.
+            widths = torch.tensor([*lobes, math.nan], dtype=torch.float32, device=self.device)
+            self._lobe_table = (lobes, widths, any(math.isfinite(v) for v in lobes))
+        table = self._lobe_table[1]
+        return table[surface.round().long().clamp(0, table.numel() - 1)]
+
+    def _view_cap(self, widths, position, pose, prev_pose) -> torch.Tensor:
         """The longest history each pixel's shading allows, given how far the view turned since the last frame.
 
         A glossy reflection slides by about the view's turn, so a running mean
         of n frames blurs it over n turns; ``lobe_fraction`` lobe widths is
-        the most that is allowed. Diffuse pixels (an infinite lobe) and a
-        still camera are not capped.
+        the most that is allowed. Diffuse pixels (an infinite lobe), shapes
+        the table does not know and a still camera are not capped.
         """
         cfg = self.config
-        if lobes is None or cfg.lobe_fraction == 0:
+        if widths is None or cfg.lobe_fraction == 0 or not self._lobe_table[2]:
             return torch.tensor(float(cfg.history), device=self.device)
-        if self._lobe_table is None or self._lobe_table[0] is not lobes:
-            # One more entry, infinite, for shape ids the table does not know (shapes inside instances).
-            widths = torch.tensor([*lobes, math.inf], dtype=torch.float32, device=self.device)
-            self._lobe_table = (lobes, widths)
-        table = self._lobe_table[1]
-        width = table[surface.round().long().clamp(0, table.numel() - 1)]
         turn = view_turn(position, pose, prev_pose)
+        width = torch.nan_to_num(widths, nan=math.inf)
         frames = torch.where(turn > 1e-7, cfg.lobe_fraction * width / turn.clamp_min(1e-7), math.inf)
         return frames.floor().clamp(1, cfg.history)
 
-    def _blend(self, prev, colors, position, surface, albedo, normal, solid, view_cap, h, w):
+    def _blend(self, prev, colors, position, surface, albedo, normal, solid, view_cap, diffuse, h, w):
         cfg = self.config
         grid, depth_then = project(position, prev["pose"], h, w)
         # One bilinear lookup for every buffer: the colours, and the geometry that decides whether to trust them;
@@ -278,7 +293,7 @@ class TemporalReuse:
         old_colors = [looked[:, 3 * i:3 * i + 3].clamp_min(0.0) for i in range(len(colors))]
         counts, means = [], []
         for i, (old, new) in enumerate(zip(old_colors, colors)):
-            stale, doubtful = self._stale(old, new, same, old_counts[:, i:i + 1])
+            stale, doubtful = self._stale(old, new, same, old_counts[:, i:i + 1], diffuse)
             keep = same & ~stale
             cap = torch.minimum(torch.where(doubtful, min(cfg.doubt_history, cfg.history), cfg.history), view_cap)
             count = torch.where(keep, torch.minimum(old_counts[:, i:i + 1] + 1, cap), torch.ones_like(new[:, :1]))
@@ -336,15 +351,19 @@ class TemporalReuse:
         old_counts.view(old_counts.shape[1], h * w)[:, edge] = back[k:]
         same.view(h * w)[edge] = kept
 
-    def _stale(self, old: torch.Tensor, new: torch.Tensor, same: torch.Tensor, old_count: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _stale(self, old: torch.Tensor, new: torch.Tensor, same: torch.Tensor, old_count: torch.Tensor,
+               exempt: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixels in blocks where the history's mean luminance is off from the new samples' by more than noise.
 
         Returns the stale pixels (over ``stale_sigmas``) and the doubtful ones (over ``doubt_sigmas``).
+        ``exempt`` pixels (diffuse, whose shading the view does not change) are
+        neither tested nor counted in their block's means.
         """
         cfg = self.config
         h, w = new.shape[-2:]
         k = max(1, min(cfg.block, h, w))
+        if exempt is not None:
+            same = same & ~exempt
         m = same.to(new.dtype)
         lum_old, lum_new = (luminance(x.permute(0, 2, 3, 1)).unsqueeze(1) for x in (old, new))
         pool = lambda x: F.avg_pool2d(x, k, ceil_mode=True)
@@ -362,6 +381,6 @@ class TemporalReuse:
         doubtful = (gap > cfg.doubt_sigmas * sigma) & relevant
 
         def per_pixel(blocks: torch.Tensor) -> torch.Tensor:
-            return F.interpolate(blocks.to(new.dtype), scale_factor=k, mode="nearest")[..., :h, :w] > 0.5
+            return (F.interpolate(blocks.to(new.dtype), scale_factor=k, mode="nearest")[..., :h, :w] > 0.5) & same
 
         return per_pixel(stale), per_pixel(doubtful)

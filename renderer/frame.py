@@ -29,8 +29,7 @@ class Frame:
 
     ``lobes`` is the scene's table of view-dependent lobe widths in radians,
     indexed by the shape index (``renderer.lobes``): inf for diffuse shapes,
-    0 for smooth ones. None when the scene has nothing view-dependent, or the
-    variant writes no shape ids.
+    0 for smooth ones. None when the variant writes no shape ids.
 
     ``frames_a`` and ``frames_b`` (H x W x 1) are never set by the renderer:
     temporal reuse, downstream, replaces each colour with a running mean over

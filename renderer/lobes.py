@@ -63,8 +63,9 @@ def bsdf_lobe(mi, bsdf) -> float:
 def shape_lobes(mi, scene) -> tuple[float, ...] | None:
     """Every shape's lobe width, indexed by the shape index of the aux pass.
 
-    None when every shape is diffuse, and on the scalar variants, which write
-    a pointer there rather than a registry id.
+    None on the scalar variants, which write a pointer there rather than a
+    registry id. A scene of diffuse shapes only gets a table too: that every
+    shape is diffuse is what lets temporal reuse skip its stale-shading test.
     """
     import drjit as dr
 
@@ -74,8 +75,6 @@ def shape_lobes(mi, scene) -> tuple[float, ...] | None:
     for shape in scene.shapes():
         shape_id = int(dr.reinterpret_array(mi.UInt32, mi.ShapePtr(shape))[0])
         lobes[shape_id] = bsdf_lobe(mi, shape.bsdf())
-    if not any(math.isfinite(width) for width in lobes.values()):
-        return None  # nothing view-dependent: reuse needs no table
     table = [math.inf] * (max(lobes) + 1)
     for shape_id, width in lobes.items():
         table[shape_id] = width

@@ -136,8 +136,10 @@ def test_each_shape_carries_its_lobe_width(tmp_path):
     assert f.lobes[0] == float("inf")  # a ray that hits nothing
 
 
-def test_a_scene_with_only_diffuse_shapes_has_no_lobe_table(tiny_renderer):
-    assert tiny_renderer.render_pair(tiny_renderer.initial_pose).lobes is None
+def test_a_scene_with_only_diffuse_shapes_has_an_all_diffuse_lobe_table(tiny_renderer):
+    f = tiny_renderer.render_pair(tiny_renderer.initial_pose)
+    seen = {int(round(v)) for v in np.unique(np.asarray(f.surface))}
+    assert len(seen - {0}) >= 2 and all(f.lobes[i] == float("inf") for i in seen)
 
 
 def test_lobe_widths_of_nested_textured_and_principled_bsdfs():

@@ -317,6 +317,27 @@ def test_a_history_that_no_longer_matches_the_new_samples_restarts():
     assert np.abs(got[:8] - 1.0).max() < 0.1 and np.abs(got[:8] - new[:8]).max() > 1e-3  # averaged elsewhere
 
 
+@pytest.mark.parametrize("lobes, test_diffuse, restarts", [
+    ((math.inf,) * 4, False, False),  # shape 3 diffuse: its shading cannot go stale in a static scene
+    ((math.inf,) * 4, True, True),  # ... unless the test is asked for everywhere
+    ((math.inf, math.inf, math.inf, 0.2), False, True),  # glossy: tested
+    ((math.inf, math.inf), False, True),  # a shape the table does not know: tested
+])
+def test_the_stale_test_spares_diffuse_shapes(lobes, test_diffuse, restarts):
+    """The same jump that restarts a glossy block leaves a diffuse one's running mean going."""
+    ones = np.ones((H, W, 3), np.float32)
+    reuse = TemporalReuse(TemporalConfig(history=8, test_diffuse=test_diffuse))
+    for _ in range(3):
+        reuse.apply(replace(frame(1), color_a=ones, color_b=ones, lobes=lobes))
+    new = ones.copy()
+    new[8:16, 8:16] = 3.0
+    out, count = reuse.apply(replace(frame(2), color_a=new, color_b=new, lobes=lobes))
+    got = to_numpy(out.color_a)
+    np.testing.assert_allclose(got[8:16, 8:16], 3.0 if restarts else 1.5, rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(out.frames_a)[8:16, 8:16], 1.0 if restarts else 4.0)
+    np.testing.assert_allclose(got[:8], 1.0, rtol=1e-6)
+
+
 def test_a_history_that_is_only_doubtful_is_shortened_not_restarted():
     """A block off by 2-4 noise sigmas (a slowly moving reflection) blends the new samples in at 1/4 at least."""
     ones = np.ones((H, W, 3), np.float32)
