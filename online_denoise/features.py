@@ -176,3 +176,24 @@ def background_mask(normal: torch.Tensor) -> torch.Tensor:
     covered averages to a shorter, non-zero one).
     """
     return (normal == 0).all(dim=1, keepdim=True).float()
+
+
+EDGE_JUMP = 0.1  # summed absolute change of albedo or normal between neighbours that counts as an edge
+
+
+def edge_mask(albedo: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+    """1 on pixels within one pixel of a jump in the albedo or normal buffer (N x 1 x H x W float), else 0.
+
+    Both pixels of a jumping pair count, and the band is widened by one on
+    each side: the four-pixel strip where reprojected history mixes the two
+    sides of an edge.
+    """
+    jump = torch.zeros_like(albedo[:, :1])
+    for buf in (albedo, normal):
+        dx = ((buf[..., :, 1:] - buf[..., :, :-1]).abs().sum(1, keepdim=True) > EDGE_JUMP).to(jump.dtype)
+        dy = ((buf[..., 1:, :] - buf[..., :-1, :]).abs().sum(1, keepdim=True) > EDGE_JUMP).to(jump.dtype)
+        jump[..., :, 1:] = torch.maximum(jump[..., :, 1:], dx)
+        jump[..., :, :-1] = torch.maximum(jump[..., :, :-1], dx)
+        jump[..., 1:, :] = torch.maximum(jump[..., 1:, :], dy)
+        jump[..., :-1, :] = torch.maximum(jump[..., :-1, :], dy)
+    return F.max_pool2d(jump, 3, stride=1, padding=1)

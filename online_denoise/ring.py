@@ -5,6 +5,8 @@ capacity x 15 channels x H x W x 4 bytes (colour a and b, the frames each
 colour's running mean spans, albedo, normal, and the mask of directly seen
 emitters) plus a few bytes per slot. At 256^2 with 16 slots that is 60 MiB.
 Single-render targets store 10 channels a slot; a clean-target run stores 3 more.
+Under temporal reuse a ring with ``edge_targets`` stores 6 more: each render's
+training target, its running mean but its own new samples at edges (84 MiB).
 
 The producer never waits for the trainer: a push claims the oldest slot and
 overwrites it. Both sides hold the lock only for O(1) bookkeeping, never while
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .arrays import to_chw
-from .features import emitter_mask, finite
+from .features import edge_mask, emitter_mask, finite
 
 @dataclass
 class TrainBatch:
@@ -41,11 +43,13 @@ class TrainBatch:
 
 class RingBuffer:
     def __init__(self, capacity: int, height: int, width: int, device: torch.device | str = "cpu", seed: int = 0,
-                 renders: int = 2, with_target: bool = False):
+                 renders: int = 2, with_target: bool = False, edge_targets: bool = False):
         if capacity < 1:
             raise ValueError(f"ring capacity must be at least 1, got {capacity}")
         if renders not in (1, 2):
             raise ValueError(f"renders per frame must be 1 or 2, got {renders}")
+        if edge_targets and (renders != 2 or with_target):
+            raise ValueError("edge targets are the other render's samples: they need two renders and no clean one")
         self.capacity, self.height, self.width = capacity, height, width
         self.renders, self.with_target = renders, with_target
         self.device = torch.device(device)
@@ -56,6 +60,9 @@ class RingBuffer:
         self.frames_a = torch.ones(one, device=self.device)
         self.frames_b = torch.ones(one, device=self.device) if renders == 2 else None
         self.target = torch.zeros(shape, device=self.device) if with_target else None
+        # Each render as a training target: its running mean, but its own new samples at edges.
+        self.target_a = torch.zeros(shape, device=self.device) if edge_targets else None
+        self.target_b = torch.zeros(shape, device=self.device) if edge_targets else None
         self.albedo = torch.zeros(shape, device=self.device)
         self.normal = torch.zeros(shape, device=self.device)
         self.emitter = torch.zeros((capacity, 1, height, width), device=self.device)
@@ -70,13 +77,15 @@ class RingBuffer:
         self._nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)
 
     @staticmethod
-    def bytes_for(capacity: int, height: int, width: int, renders: int = 2, with_target: bool = False) -> int:
-        channels = 4 * renders + 7 + (3 if with_target else 0)
+    def bytes_for(capacity: int, height: int, width: int, renders: int = 2, with_target: bool = False,
+                  edge_targets: bool = False) -> int:
+        channels = 4 * renders + 7 + (3 if with_target else 0) + (6 if edge_targets else 0)
         return capacity * channels * height * width * 4
 
     def _buffers(self) -> list[tuple[str, torch.Tensor]]:
         named = [("color_a", self.color_a), ("color_b", self.color_b), ("frames_a", self.frames_a),
-                 ("frames_b", self.frames_b), ("target", self.target),
+                 ("frames_b", self.frames_b), ("target", self.target), ("target_a", self.target_a),
+                 ("target_b", self.target_b),
                  ("albedo", self.albedo), ("normal", self.normal), ("emitter", self.emitter)]
         return [(n, t) for n, t in named if t is not None]
 
@@ -102,6 +111,8 @@ class RingBuffer:
         The frame's ``emission`` (H x W x 3), if it has one, is stored as the
         emitter mask; without one no pixel counts as an emitter. Without
         ``frames_a``/``frames_b`` (temporal reuse's spans) each colour is one frame.
+        Edge targets take ``raw_a``/``raw_b`` (the renders before reuse) where
+        the aux buffers have an edge; a frame without them is its own raw render.
         """
         if tuple(frame.color_a.shape[:2]) != (self.height, self.width):
             raise ValueError(f"frame is {tuple(frame.color_a.shape[:2])}, ring holds {(self.height, self.width)}")
@@ -111,7 +122,19 @@ class RingBuffer:
             self._pushed += 1
             self._seq[slot] = -1
             self._gen[slot] += 1
+        edges = None
         for name, dst in self._buffers():
+            if name.startswith("target_"):
+                if edges is None:
+                    edges = edge_mask(to_chw(frame.albedo, self.device), to_chw(frame.normal, self.device))[0] > 0.5
+                which = name[-1]
+                raw = getattr(frame, "raw_" + which, None)
+                mean = finite(to_chw(getattr(frame, "color_" + which), self.device)[0])
+                if raw is None:
+                    dst[slot].copy_(mean)
+                else:
+                    dst[slot].copy_(torch.where(edges, finite(to_chw(raw, self.device)[0]), mean))
+                continue
             if name == "emitter":
                 emission = getattr(frame, "emission", None)
                 if emission is None:
@@ -175,8 +198,11 @@ class RingBuffer:
         win = (slot, slice(None), slice(y, y + ch), slice(x, x + cw))
         a, span = self.color_a[win], self.frames_a[win]
         b = self.color_b[win] if self.color_b is not None else None
-        if b is not None and rng.random() < 0.5:
+        swapped = b is not None and rng.random() < 0.5
+        if swapped:
             a, b, span = b, a, self.frames_b[win]
         target = self.target[win] if self.target is not None else b
+        if self.target_a is not None:
+            target = (self.target_a if swapped else self.target_b)[win]
         return (a.clone(), None if target is None else target.clone(), self.albedo[win].clone(),
                 self.normal[win].clone(), self.emitter[win].clone(), span.clone())

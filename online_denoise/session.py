@@ -125,8 +125,11 @@ class Session:
             model.load_state_dict(checkpoint.state_dict)
         h, w = renderer.shape
         rc = renderer.config
-        self.ring = RingBuffer(config.ring_capacity, h, w, device, renders=rc.renders,
-                               with_target=rc.target_spp is not None)
+        with_target = rc.target_spp is not None
+        edge_targets = (config.temporal.enabled and config.temporal.raw_edge_targets and rc.renders == 2
+                        and not with_target)
+        self.ring = RingBuffer(config.ring_capacity, h, w, device, renders=rc.renders, with_target=with_target,
+                               edge_targets=edge_targets)
         self.trainer = Trainer(model, config.features, self.ring, config.train, device, config.precision)
         self.denoiser = Denoiser(model_config, config.features, device, config.precision)
         self.reuse = TemporalReuse(config.temporal, device) if config.temporal.enabled else None

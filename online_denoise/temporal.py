@@ -76,6 +76,10 @@ class TemporalConfig:
     # Diffuse shading does not depend on the view, so in a static scene its history cannot go stale; tested
     # anyway, the false alarms of noise restarted or shortened it (False: only view-dependent pixels are tested).
     test_diffuse: bool = False
+    # Training targets take the other render's own samples, not its running mean, within a pixel or two of an
+    # edge (``features.edge_mask``): there both means carry the same reprojection mix of the edge's two sides,
+    # which Noise2Noise would teach the network to keep (cornell-box +0.34 dB; see the README).
+    raw_edge_targets: bool = True
     resample: str = "catmull-rom"  # how the history is read back (RESAMPLERS); see catmull_rom
 
     def __post_init__(self):
@@ -233,7 +237,8 @@ class TemporalReuse:
         hwc = [m[0].permute(1, 2, 0) for m in means]
         spans = [c[0].permute(1, 2, 0) for c in counts]
         reused = replace(frame, color_a=hwc[0], color_b=hwc[1] if len(hwc) > 1 else None,
-                         frames_a=spans[0], frames_b=spans[1] if len(spans) > 1 else None)
+                         frames_a=spans[0], frames_b=spans[1] if len(spans) > 1 else None,
+                         raw_a=frame.color_a, raw_b=frame.color_b)
         return reused, float(sum(c.mean() for c in counts) / len(counts))
 
     def _lobe_widths(self, lobes, surface) -> torch.Tensor | None:

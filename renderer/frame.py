@@ -34,7 +34,9 @@ class Frame:
     ``frames_a`` and ``frames_b`` (H x W x 1) are never set by the renderer:
     temporal reuse, downstream, replaces each colour with a running mean over
     past frames and records there how many frames each pixel's mean spans.
-    None: a plain render, one frame.
+    None: a plain render, one frame. Reuse also keeps the renders' own samples
+    as ``raw_a`` and ``raw_b``: the training targets take them where
+    reprojection mixes the two sides of an edge.
     """
 
     color_a: Any
@@ -54,6 +56,8 @@ class Frame:
     lobes: tuple[float, ...] | None = None
     frames_a: Any | None = None
     frames_b: Any | None = None
+    raw_a: Any | None = None
+    raw_b: Any | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -86,3 +86,19 @@ def test_demodulation_is_saved_with_the_spec_and_checked():
         FeatureSpec(demodulate=1.5)
     with pytest.raises(ValueError, match="leave out"):
         FeatureSpec(features=("color", "normal"), demodulate=0.05)
+
+
+def test_edge_mask_marks_a_four_pixel_band_around_albedo_and_normal_jumps():
+    from online_denoise.features import edge_mask
+
+    albedo = torch.full((1, 3, 12, 12), 0.5)
+    normal = torch.zeros(1, 3, 12, 12)
+    normal[:, 2] = 1.0
+    albedo[..., :, 6:] = 0.7  # a step between columns 5 and 6
+    normal[..., 9:, :] = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)  # a crease between rows 8 and 9
+    m = edge_mask(albedo, normal)[0, 0]
+    assert m.shape == (12, 12)
+    assert m[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0]
+    assert m[:, 0].tolist() == [0] * 7 + [1] * 4 + [0]
+    albedo[..., :, 6:] = 0.53  # a change under the threshold: no edge
+    assert edge_mask(albedo, normal)[0, 0, 0].sum() == 0

@@ -136,3 +136,37 @@ def test_crops_carry_the_emitter_mask_and_none_without_emitters():
     lit.emission[:] = 0.0  # an emission buffer with nothing in view
     dark.push(lit)
     assert dark.sample(2, 8).emitter is None
+
+
+def test_edge_targets_take_the_other_renders_raw_samples_at_edges_only():
+    """At an albedo edge the target is the other render's new samples; elsewhere its running mean."""
+    h, w = 16, 16
+    ring = RingBuffer(1, h, w, edge_targets=True)
+    assert ring.nbytes == RingBuffer.bytes_for(1, h, w, edge_targets=True) == 21 * h * w * 4
+    f = const_frame(1.0, h, w)  # running means: a = 1.0, b = 1.5
+    f.albedo = np.full((h, w, 3), 0.2, np.float32)
+    f.albedo[:, 8:] = 0.8  # a jump between columns 7 and 8: the edge band is columns 6-9
+    f.raw_a, f.raw_b = np.full((h, w, 3), 10.0, np.float32), np.full((h, w, 3), 20.0, np.float32)
+    ring.push(f)
+    for _ in range(20):
+        b = ring.sample(1, 16)
+        other = 1.5 if float(b.input[0, 0, 0, 0]) == 1.0 else 1.0  # the other render's mean...
+        raw = 20.0 if other == 1.5 else 10.0  # ...and its raw samples
+        row = b.target[0, 0, 3].tolist()
+        assert row == [other] * 6 + [raw] * 4 + [other] * 6
+
+
+def test_edge_targets_without_raw_samples_are_the_renders_themselves():
+    ring = RingBuffer(1, 8, 8, edge_targets=True)
+    f = const_frame(1.0, 8, 8)
+    f.albedo[:, 4:] = 0.9
+    ring.push(f)
+    b = ring.sample(4, 8)
+    torch.testing.assert_close(b.input + b.target, torch.full_like(b.input, 2.5))
+
+
+def test_edge_targets_need_two_renders_and_no_clean_one():
+    with pytest.raises(ValueError, match="two renders"):
+        RingBuffer(1, 8, 8, renders=1, edge_targets=True)
+    with pytest.raises(ValueError, match="two renders"):
+        RingBuffer(1, 8, 8, with_target=True, edge_targets=True)

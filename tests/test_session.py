@@ -6,7 +6,7 @@ import torch
 
 from online_denoise.arrays import to_chw
 from online_denoise.denoiser import Denoiser, load_checkpoint, save_checkpoint
-from online_denoise.features import FeatureSpec
+from online_denoise.features import FeatureSpec, edge_mask
 from online_denoise.metrics import error_estimate
 from online_denoise.model import ModelConfig, UNet
 from online_denoise.session import Session, SessionConfig
@@ -74,8 +74,14 @@ def test_temporal_reuse_feeds_the_denoiser_and_the_ring_but_keeps_the_render(tin
     expected = s.denoiser.denoise((last.frame.color_a + last.frame.color_b) / 2, last.frame.albedo, last.frame.normal,
                                   last.frame.emission)
     torch.testing.assert_close(last.denoised, expected)
-    stored = s.ring.color_a[(s.ring.pushed - 1) % s.ring.capacity]
-    torch.testing.assert_close(stored, torch.as_tensor(reused).permute(2, 0, 1))
+    slot = (s.ring.pushed - 1) % s.ring.capacity
+    torch.testing.assert_close(s.ring.color_a[slot], torch.as_tensor(reused).permute(2, 0, 1))
+    # The training target of render a: its running mean, but its own new samples at the aux buffers' edges.
+    edges = edge_mask(to_chw(last.frame.albedo, "cpu"), to_chw(last.frame.normal, "cpu"))[0]
+    assert 0 < float(edges.mean()) < 1
+    expected_target = torch.where(edges > 0.5, torch.as_tensor(raw).permute(2, 0, 1),
+                                  torch.as_tensor(reused).permute(2, 0, 1))
+    torch.testing.assert_close(s.ring.target_a[slot], expected_target)
 
 
 def test_session_config_refuses_unknown_pair_modes():

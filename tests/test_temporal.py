@@ -454,3 +454,12 @@ def test_view_turn_is_the_angle_between_the_two_cameras_rays():
         expected = math.acos(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b))
         assert float(turn[k]) == pytest.approx(expected, rel=1e-4)
     assert float(view_turn(points, POSE, POSE).abs().max()) == 0.0
+
+
+def test_the_reused_frame_keeps_each_renders_own_samples():
+    reuse = history(8)
+    first, second = frame(1), frame(2)
+    reuse.apply(first)
+    out, _ = reuse.apply(second)
+    assert out.raw_a is second.color_a and out.raw_b is second.color_b
+    assert not np.allclose(to_numpy(out.color_a), second.color_a)  # the colour itself is the running mean
