@@ -77,8 +77,9 @@ class TemporalConfig:
     # anyway, the false alarms of noise restarted or shortened it (False: only view-dependent pixels are tested).
     test_diffuse: bool = False
     # Training targets take the other render's own samples, not its running mean, within a pixel or two of an
-    # edge (``features.edge_mask``): there both means carry the same reprojection mix of the edge's two sides,
-    # which Noise2Noise would teach the network to keep (cornell-box +0.34 dB; see the README).
+    # edge (``features.edge_mask``) where that mean is long (``ring.EDGE_TARGET_HISTORY``): there both means carry
+    # the same reprojection mix of the edge's two sides, which Noise2Noise would teach the network to keep
+    # (cornell-box +0.59 dB from scratch; see the README).
     raw_edge_targets: bool = True
     resample: str = "catmull-rom"  # how the history is read back (RESAMPLERS); see catmull_rom
 

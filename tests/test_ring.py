@@ -147,13 +147,16 @@ def test_edge_targets_take_the_other_renders_raw_samples_at_edges_only():
     f.albedo = np.full((h, w, 3), 0.2, np.float32)
     f.albedo[:, 8:] = 0.8  # a jump between columns 7 and 8: the edge band is columns 6-9
     f.raw_a, f.raw_b = np.full((h, w, 3), 10.0, np.float32), np.full((h, w, 3), 20.0, np.float32)
+    f.frames_a, f.frames_b = (np.full((h, w, 1), 12.0, np.float32) for _ in range(2))
+    f.frames_b[8:] = 3.0  # a short history: close to the new samples anyway, and far less noisy, so kept
     ring.push(f)
     for _ in range(20):
         b = ring.sample(1, 16)
         other = 1.5 if float(b.input[0, 0, 0, 0]) == 1.0 else 1.0  # the other render's mean...
         raw = 20.0 if other == 1.5 else 10.0  # ...and its raw samples
-        row = b.target[0, 0, 3].tolist()
-        assert row == [other] * 6 + [raw] * 4 + [other] * 6
+        assert b.target[0, 0, 3].tolist() == [other] * 6 + [raw] * 4 + [other] * 6
+        short = b.target[0, 0, 12].tolist()
+        assert short == ([other] * 16 if other == 1.5 else [other] * 6 + [raw] * 4 + [other] * 6)
 
 
 def test_edge_targets_without_raw_samples_are_the_renders_themselves():

@@ -57,17 +57,17 @@ def test_pair_mean_still_estimates_the_error_every_few_frames(tiny_renderer):
 
 def test_temporal_reuse_feeds_the_denoiser_and_the_ring_but_keeps_the_render(tiny_renderer):
     cfg = SessionConfig(MODEL, FeatureSpec(), TrainConfig(crop=32, batch=2), "cpu", 4, train_enabled=False,
-                        pair="mean", temporal=TemporalConfig(history=4))
+                        pair="mean", temporal=TemporalConfig(history=8))
     s = Session(tiny_renderer, cfg)
     try:
         pose = tiny_renderer.initial_pose
-        results = [s.step(pose) for _ in range(5)]
+        results = [s.step(pose) for _ in range(9)]
     finally:
         s.close()
     first, last = results[0], results[-1]
     assert "reuse" in last.timings and last.timings["reuse"] >= 0
     np.testing.assert_array_equal(np.asarray(first.frame.color_a), first.rendered.color_a)  # nothing to reuse yet
-    assert first.history == 1.0 and 2.0 < last.history <= 4.0 and last.record()["history"] == round(last.history, 3)
+    assert first.history == 1.0 and 4.0 < last.history <= 8.0 and last.record()["history"] == round(last.history, 3)
     # A still camera: most pixels now hold the mean of several renders, which is what was denoised and stored.
     reused, raw = np.asarray(last.frame.color_a), last.rendered.color_a
     assert not np.allclose(reused, raw)
@@ -76,10 +76,13 @@ def test_temporal_reuse_feeds_the_denoiser_and_the_ring_but_keeps_the_render(tin
     torch.testing.assert_close(last.denoised, expected)
     slot = (s.ring.pushed - 1) % s.ring.capacity
     torch.testing.assert_close(s.ring.color_a[slot], torch.as_tensor(reused).permute(2, 0, 1))
-    # The training target of render a: its running mean, but its own new samples at the aux buffers' edges.
+    # The training target of render a: its running mean, but its own new samples at the aux buffers' edges
+    # where that mean spans 8 frames or more.
     edges = edge_mask(to_chw(last.frame.albedo, "cpu"), to_chw(last.frame.normal, "cpu"))[0]
     assert 0 < float(edges.mean()) < 1
-    expected_target = torch.where(edges > 0.5, torch.as_tensor(raw).permute(2, 0, 1),
+    long = to_chw(last.frame.frames_a, "cpu")[0] >= 8
+    assert bool(long.any())
+    expected_target = torch.where((edges > 0.5) & long, torch.as_tensor(raw).permute(2, 0, 1),
                                   torch.as_tensor(reused).permute(2, 0, 1))
     torch.testing.assert_close(s.ring.target_a[slot], expected_target)
 
