@@ -24,10 +24,11 @@ restarts the blocks where they differ by more than the new samples' noise
 explains. Without that test the glossy-metals floor went grey: 18.6 dB,
 where the same run without reuse makes about 30. Diffuse shapes are spared
 the test: in a static scene the view cannot change their shading, so every
-alarm there was noise, and it cost sunlit-room a quarter of its history. Drift below the test's
-noise still adds up over a long history, so a glossy pixel also keeps no
-more frames than its lobe width (``renderer.lobes``, carried by the frame)
-divided by the angle its view turned since the last frame.
+alarm there was noise, and it cost sunlit-room a quarter of its history.
+Drift below the test's noise still adds up over a long history, so a
+glossy pixel also keeps no more frames than its lobe width
+(``renderer.lobes``, carried by the frame) divided by the angle its view
+turned since the last frame.
 
 Render a and render b keep separate histories, and each one's decisions
 use only the aux buffers and its own samples, so the two running means stay
