@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from online_denoise.arrays import pad_to
 from online_denoise.config import PRESETS
@@ -65,6 +66,28 @@ def test_kpn_with_one_hot_kernel_is_identity():
     logits = torch.full((1, 9, 8, 8), -1e4)
     logits[:, 4] = 0  # centre tap of a 3x3 kernel
     torch.testing.assert_close(apply_kernels(color, logits, 3), color)
+
+
+def _unfolded_kernels(color: torch.Tensor, logits: torch.Tensor, k: int) -> torch.Tensor:
+    """The same filter by unfolding each neighbourhood, differentiated by autograd alone."""
+    n, c, h, w = color.shape
+    r = k // 2
+    patches = F.unfold(F.pad(color, (r, r, r, r), mode="replicate"), k).view(n, c, k * k, h, w)
+    return (patches * logits.softmax(dim=1).unsqueeze(1)).sum(dim=2)
+
+
+def test_kernel_filter_gradients_match_autograd_on_an_unfolded_filter():
+    torch.manual_seed(3)
+    color = (torch.rand(2, 4, 9, 11, dtype=torch.float64) * 3).requires_grad_()
+    logits = torch.randn(2, 9, 9, 11, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 4, 9, 11, dtype=torch.float64)
+    grads = []
+    for f in (apply_kernels, _unfolded_kernels):
+        out = f(color, logits, 3)
+        grads.append((out, *torch.autograd.grad((out * upstream).sum(), (color, logits))))
+    for ours, reference in zip(*grads):
+        torch.testing.assert_close(ours, reference)
+    assert torch.autograd.gradcheck(lambda c, l: apply_kernels(c, l, 3), (color[:1, :2, :5, :6], logits[:1, :, :5, :6]))
 
 
 def _small_kpn(scales: int) -> UNet:
