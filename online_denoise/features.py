@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .arrays import dilate3
 from .color import get_transfer, luminance
 
 FEATURE_CHANNELS = {"color": 3, "albedo": 3, "normal": 3, "history": 1}
@@ -196,4 +197,4 @@ def edge_mask(albedo: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
         jump[..., :, :-1] = torch.maximum(jump[..., :, :-1], dx)
         jump[..., 1:, :] = torch.maximum(jump[..., 1:, :], dy)
         jump[..., :-1, :] = torch.maximum(jump[..., :-1, :], dy)
-    return F.max_pool2d(jump, 3, stride=1, padding=1)
+    return dilate3(jump)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .arrays import dilate3
+
 LEAKY_SLOPE = 0.1
 OUTPUTS = ("direct", "kpn", "posterior", "mean")  # the last two are the blind-spot net's
 ARCHS = ("unet", "blindspot")
@@ -293,7 +295,7 @@ def filter_around_emitters(kernels, color: torch.Tensor, emitter: torch.Tensor |
     surface = 1.0 - (direct[0] if len(direct) == 1 else torch.maximum(*direct))
     source = surface
     if emitter is not None:
-        source = surface * (1.0 - F.max_pool2d(emitter, 3, stride=1, padding=1))
+        source = surface * (1.0 - dilate3(emitter))
     parts = [color * source, source] + ([color * (1.0 - source)] if emitter is not None else [])
     out = kernels(torch.cat(parts, dim=1))
     on_surfaces, weight = out[:, 0:3], out[:, 3:4]

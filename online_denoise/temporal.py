@@ -54,7 +54,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from .arrays import to_chw
+from .arrays import dilate3, to_chw
 from .color import luminance
 from .features import emitter_mask, finite
 
@@ -220,7 +220,7 @@ class TemporalReuse:
         solid = (position != 0).any(1, keepdim=True) & ((surface - surface.round()).abs() < 1e-3)
         emission = getattr(frame, "emission", None)
         if emission is not None:
-            near_light = F.max_pool2d(emitter_mask(to_chw(emission, dev)), 3, stride=1, padding=1) > 0
+            near_light = dilate3(emitter_mask(to_chw(emission, dev))) > 0
             solid &= ~near_light
         depth = camera_coordinates(position, frame.pose)[:, 2:3]
 
@@ -274,14 +274,16 @@ class TemporalReuse:
     def _blend(self, prev, colors, position, surface, albedo, normal, solid, view_cap, diffuse, h, w):
         cfg = self.config
         grid, depth_then = project(position, prev["pose"], h, w)
-        # One bilinear lookup for every buffer: the colours, and the geometry that decides whether to trust them;
-        # the colours are then read again with a sharper filter (pixels beside an edge are redone tap by tap below).
+        # The geometry that decides whether to trust the history is read bilinearly, the colours with the sharper
+        # cubic unless configured otherwise (pixels beside an edge are redone tap by tap below).
         stacked = torch.cat([*prev["colors"], prev["depth"], prev["albedo"], prev["normal"], prev["surface"],
                              prev["solid"]], 1)
-        looked = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="border", align_corners=False)
         k = 3 * len(colors)
+        bilinear = lambda x: F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         if cfg.resample == "catmull-rom":
-            looked[:, :k] = catmull_rom(stacked[:, :k], grid)
+            looked = torch.cat([catmull_rom(stacked[:, :k], grid), bilinear(stacked[:, k:])], 1)
+        else:
+            looked = bilinear(stacked)
         old_counts = F.grid_sample(torch.cat(prev["counts"], 1), grid, mode="nearest", padding_mode="border",
                                    align_corners=False)
         inside = (grid.abs() < 1).all(-1).unsqueeze(1) & (depth_then > 0)

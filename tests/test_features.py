@@ -2,7 +2,9 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from online_denoise.arrays import dilate3
 from online_denoise.color import luminance as hwc_luminance
 from online_denoise.features import FIREFLY_RATIO, FeatureSpec, suppress_fireflies
 
@@ -102,3 +104,10 @@ def test_edge_mask_marks_a_four_pixel_band_around_albedo_and_normal_jumps():
     assert m[:, 0].tolist() == [0] * 7 + [1] * 4 + [0]
     albedo[..., :, 6:] = 0.53  # a change under the threshold: no edge
     assert edge_mask(albedo, normal)[0, 0, 0].sum() == 0
+
+
+def test_dilate3_is_a_3x3_max_pool_of_a_mask():
+    torch.manual_seed(0)
+    for shape in ((1, 1, 256, 256), (8, 1, 96, 96), (2, 3, 5, 7), (1, 1, 1, 1)):
+        mask = (torch.rand(shape) > 0.95).float() * torch.rand(shape)
+        assert torch.equal(dilate3(mask), F.max_pool2d(mask, 3, stride=1, padding=1))
