@@ -28,8 +28,8 @@ from .ring import RingBuffer
 from .temporal import TemporalConfig, TemporalReuse
 from .trainer import TrainConfig, Trainer
 
-# The frames whose median time decides the frame budget: after the first kernels are compiled. If the
-# loop is over budget there and a step of savings is applied, the next as many frames decide the next.
+# The first window of frames whose median time is held to the frame budget: after the first kernels are
+# compiled. Each following window of as many frames is judged alike, until every step of savings is taken.
 BUDGET_FRAMES = range(5, 25)
 
 
@@ -50,9 +50,10 @@ class SessionConfig:
     # Each render's running mean over its reprojected past (temporal.py); history 1 turns it off. The
     # denoiser, the ring and the error estimate all see the reused renders.
     temporal: TemporalConfig = TemporalConfig()
-    # The frame time the loop aims at. If the median frame of BUDGET_FRAMES, after warm-up, is slower,
-    # the renderer switches its live renders to early Russian roulette (unbiased, cheaper, noisier), once
-    # and for the rest of the session: a scene that renders slowly stays slow. None: never switch.
+    # The frame time the loop aims at. While the median frame of a window (BUDGET_FRAMES, then each window
+    # after it) is slower, the loop sheds work in steps (_keep_to_budget): the aux pass's samples first,
+    # then early Russian roulette in the live renders (unbiased, cheaper, noisier) and fewer crops a step,
+    # each for the rest of the session. None: never shed.
     frame_budget_ms: float | None = None
     # Over that budget the trainer also takes this many crops a step instead of train.batch (None: keeps
     # its batch). On sunlit-room, 6 crops instead of 8 took the step from 100 to 71 ms and the loop from
@@ -205,9 +206,12 @@ class Session:
     def _keep_to_budget(self, frame_ms: float) -> None:
         """Over the frame budget, shed work in steps, the one that costs least quality first.
 
-        Each step is judged on the median of a window of frames: if the loop
-        is still over budget, the next step follows. Decided once each: a scene
-        that renders slowly stays slow, and a loop under budget keeps all it has.
+        The loop is judged on the median of each window of frames: while it is
+        over budget, the next step follows. A step once taken stays (a scene
+        that renders slowly stays slow); a window under budget sheds nothing,
+        but the windows after it are judged too, since a camera path can get
+        heavier later (glossy-metals from the prior was under budget at frames
+        25-44 with the aux pass at 8 spp and ran at 277 ms a frame after them).
         """
         if self.config.frame_budget_ms is None or not self._budget_steps or self.frames < BUDGET_FRAMES[0]:
             return
@@ -216,9 +220,7 @@ class Session:
             return
         over = sorted(self._budget_times)[len(self._budget_times) // 2] > self.config.frame_budget_ms
         self._budget_times = []
-        if not over:
-            self._budget_steps = []
-        while self._budget_steps and not self._budget_steps.pop(0)():
+        while over and self._budget_steps and not self._budget_steps.pop(0)():
             pass  # that step had nothing to shed here; take the next
 
     def _fewer_aux_samples(self) -> bool:

@@ -1,4 +1,5 @@
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -243,6 +244,32 @@ def test_a_loop_over_its_frame_budget_after_warm_up_sheds_work_in_steps(budget_m
     assert s.early_roulette_from == (second if switched else None)
     assert s.trainer.config.batch == (2 if switched else 3)
     assert s.budget_batch_from == (second if switched else None)
+
+
+def test_a_loop_that_goes_over_its_budget_later_sheds_then():
+    from renderer import Renderer, RenderConfig
+
+    from online_denoise.session import BUDGET_FRAMES
+
+    renderer = Renderer(RenderConfig(scene="cornell-box", width=16, height=16, spp=1, rr_depth=2,
+                                     early_roulette=False, aux_spp=4))
+    s = Session(renderer, SessionConfig(MODEL, FeatureSpec(), TrainConfig(crop=16, batch=3), "cpu", 4,
+                                        train_enabled=False, pair="mean", frame_budget_ms=1e6,
+                                        budget_batch=2, budget_aux_spp=2))
+    window = len(BUDGET_FRAMES)
+    later = BUDGET_FRAMES[-1] + 1 + 2 * window  # two windows under budget, then the path gets "heavier"
+    try:
+        for i in range(later):
+            s.step(renderer.path.pose(i * 0.02))
+        assert renderer.aux_spp == 4 and not renderer.early_roulette  # under budget: nothing shed
+        s.config = replace(s.config, frame_budget_ms=1e-3)
+        for i in range(later, later + 2 * window):
+            s.step(renderer.path.pose(i * 0.02))
+    finally:
+        s.close()
+    assert s.budget_aux_from == later + window
+    assert s.early_roulette_from == s.budget_batch_from == later + 2 * window
+    assert renderer.aux_spp == 2 and renderer.early_roulette and s.trainer.config.batch == 2
 
 
 def test_no_early_roulette_where_the_scene_sets_its_own(tmp_path):
