@@ -37,6 +37,9 @@ class HeadlessOptions:
     config: dict = field(default_factory=dict)  # the resolved run configuration, for run.json
 
 
+RECENT_STEPS = 50  # the summary's loss is their median
+
+
 @dataclass
 class Summary:
     frames: int
@@ -44,7 +47,7 @@ class Summary:
     interrupted: bool
     stage_ms: dict[str, float]  # mean over steady-state frames
     steps: int
-    loss: float
+    loss: float  # median of the last RECENT_STEPS steps' losses: one step's can spike 100x (a light in view)
     skipped_nonfinite: int
     estimate_mse: float
     psnr_denoised: float | None = None
@@ -67,7 +70,8 @@ class Summary:
                        f"({self.reference_spp}-spp reference)")
         head = "interrupted after " if self.interrupted else ""
         return (f"{scene}: {head}{self.frames} frames in {self.seconds:.1f} s, {self.fps:.2f} frames/s "
-                f"[{shares} of {frame:.0f} ms] | {self.steps} steps, loss {self.loss:.4f}, "
+                f"[{shares} of {frame:.0f} ms] | {self.steps} steps, loss {self.loss:.4f} (median of the last "
+                f"{RECENT_STEPS}), "
                 f"est. MSE {self.estimate_mse:.3g}{quality} | wrote {self.out}")
 
 
@@ -75,6 +79,10 @@ def _recent_estimate(records: list[dict], count: int = 10) -> float:
     """Mean of the last ``count`` distinct error estimates (frames in between repeat the latest one)."""
     latest = {r["estimate_frame"]: r["estimate_mse"] for r in records if r.get("estimate_frame") is not None}
     return _mean_of([latest[f] for f in sorted(latest)[-count:]])
+
+
+def _median_of(values: list) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 def _mean_of(values: list) -> float:
@@ -131,7 +139,7 @@ def run_headless(session: Session, options: HeadlessOptions, checkpoint_name: st
 
     summary = Summary(
         frames=len(records), seconds=seconds, interrupted=interrupted, stage_ms=_stage_means(records),
-        steps=session.trainer.steps, loss=session.trainer.last_loss,
+        steps=session.trainer.steps, loss=_median_of(list(session.trainer.losses)[-RECENT_STEPS:]),
         skipped_nonfinite=session.trainer.skipped_nonfinite,
         estimate_mse=_recent_estimate(records),
         out=str(out),
