@@ -31,6 +31,7 @@ CHECKPOINT_VERSION = 1
 # How a frame's two renders become one image: each denoised and the results averaged, or their mean
 # denoised once (Denoiser.denoise_pair).
 PAIR_MODES = ("both", "mean")
+EACH_RENDER = ("", "a", "b", "ab")  # which renders denoise_pair also denoises on their own in "mean" mode
 
 
 class CheckpointError(UserError):
@@ -194,7 +195,7 @@ class Denoiser:
                 out[y0:y1, x0:x1] = to_hwc_numpy(y[..., y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0])
         return out
 
-    def denoise_pair(self, frame, pair: str = "both", each: bool = False) -> "PairResult":
+    def denoise_pair(self, frame, pair: str = "both", each: str = "") -> "PairResult":
         """The displayed image of a frame (a single-render frame: that render, denoised).
 
         pair="both" denoises the two renders in one batch and averages the
@@ -203,11 +204,14 @@ class Denoiser:
         on the Cornell box the same PSNR within 0.12 dB at four poses, from random
         weights and from the prior, because each render's kernels filter a
         2-spp image about as the mean's kernels filter the 4-spp average.
-        ``each`` also denoises the renders on their own, in the same batch, for
-        the error estimate; the displayed image stays the mean's.
+        ``each`` ("a", "b" or "ab") also denoises those renders on their own,
+        in the same batch, for the error estimate; the displayed image stays
+        the mean's.
         """
         if pair not in PAIR_MODES:
             raise ValueError(f"pair mode {pair!r}: expected one of {PAIR_MODES}")
+        if each not in EACH_RENDER:
+            raise ValueError(f"each {each!r}: expected one of {EACH_RENDER}")
         dev = self.device
         colors = [to_chw(frame.color_a, dev)]
         if frame.color_b is not None:
@@ -216,9 +220,10 @@ class Denoiser:
         mean = not single and pair == "mean"
         frames = _frames(frame, dev, len(colors))
         if mean:
-            colors = [(colors[0] + colors[1]) / 2] + (colors if each else [])
+            chosen = [i for i, side in enumerate("ab") if side in each]
+            colors = [(colors[0] + colors[1]) / 2] + [colors[i] for i in chosen]
             if frames is not None:
-                frames = [mean_frames(*frames)] + (frames if each else [])
+                frames = [mean_frames(*frames)] + [frames[i] for i in chosen]
         color = torch.cat(colors)
         albedo, normal = _opt_chw(frame.albedo, dev), _opt_chw(frame.normal, dev)
         emitter = _emitter(getattr(frame, "emission", None), dev)
@@ -229,15 +234,15 @@ class Denoiser:
         if single:
             return PairResult(out, out, None, self.version)
         if mean:
-            a, b = (out[1:2], out[2:3]) if each else (None, None)
-            return PairResult(out[0:1], a, b, self.version)
+            each_out = dict(zip([side for side in "ab" if side in each], out[1:].split(1)))
+            return PairResult(out[0:1], each_out.get("a"), each_out.get("b"), self.version)
         return PairResult(out.mean(dim=0, keepdim=True), out[0:1], out[1:2], self.version)
 
 
 @dataclass
 class PairResult:
     denoised: torch.Tensor  # 1 x 3 x H x W, what is displayed
-    denoised_a: torch.Tensor | None  # each render denoised on its own; None if only their mean was
+    denoised_a: torch.Tensor | None  # each render denoised on its own; None where only their mean was
     denoised_b: torch.Tensor | None  # None also for a single-render frame
     version: int  # weight version that produced it
 

@@ -123,8 +123,8 @@ def temporal_change(frames: list) -> float:
     return float(np.mean([np.abs(b - a).mean() for a, b in zip(mapped, mapped[1:])]))
 
 
-def error_estimate(denoised_a: torch.Tensor, denoised_b: torch.Tensor, color_a: torch.Tensor,
-                   color_b: torch.Tensor) -> dict[str, float]:
+def error_estimate(denoised_a: torch.Tensor | None, denoised_b: torch.Tensor | None, color_a: torch.Tensor,
+                   color_b: torch.Tensor) -> dict[str, float | None]:
     """Estimate the denoiser's MSE against the clean image, without a clean image.
 
     With a and b independent and unbiased renders of the clean image c, and f
@@ -132,14 +132,20 @@ def error_estimate(denoised_a: torch.Tensor, denoised_b: torch.Tensor, color_a: 
         E[(f(a) - b)^2] = E[(f(a) - c)^2] + Var(b)       (the cross term vanishes)
         E[(a - b)^2]    = Var(a) + Var(b) = 2 Var(b)
     so mean((f(a) - b)^2) - mean((a - b)^2) / 2 estimates MSE(f(a), c), and
-    symmetrically for f(b). Their mean is reported as ``mse``; the displayed
-    average (f(a) + f(b)) / 2 has an error no larger than that (convexity).
-    All terms are linear-HDR pixel means over all channels.
+    symmetrically for f(b). Either side alone is an estimate; ``mse`` is the
+    mean of those given (None: that render was not denoised on its own), and
+    the displayed average (f(a) + f(b)) / 2 has an error no larger than the
+    mean of both (convexity). All terms are linear-HDR pixel means over all
+    channels.
     """
+    if denoised_a is None and denoised_b is None:
+        raise ValueError("error_estimate needs at least one render denoised on its own")
     a, b = finite(color_a), finite(color_b)
-    half_var = ((a - b) ** 2).mean() / 2
-    cross_a = ((denoised_a - b) ** 2).mean()
-    cross_b = ((denoised_b - a) ** 2).mean()
-    values = torch.stack([cross_a - half_var, cross_b - half_var, half_var]).tolist()
-    mse_a, mse_b, noise_var = values
-    return {"mse": 0.5 * (mse_a + mse_b), "mse_a": mse_a, "mse_b": mse_b, "noisy_mse": noise_var}
+    terms = [((a - b) ** 2).mean() / 2]
+    terms += [((f - other) ** 2).mean() for f, other in ((denoised_a, b), (denoised_b, a)) if f is not None]
+    half_var, *cross = torch.stack(terms).tolist()
+    sides = iter(c - half_var for c in cross)
+    mse_a = next(sides) if denoised_a is not None else None
+    mse_b = next(sides) if denoised_b is not None else None
+    given = [m for m in (mse_a, mse_b) if m is not None]
+    return {"mse": sum(given) / len(given), "mse_a": mse_a, "mse_b": mse_b, "noisy_mse": half_var}

@@ -43,9 +43,9 @@ class SessionConfig:
     train_enabled: bool = True
     precision: Precision = Precision()
     pair: str = "both"  # denoiser.PAIR_MODES: denoise each render and average, or denoise their mean once
-    # With pair="mean", every this many frames the renders are also denoised on their own (the display
-    # still shows the mean's result), because the reference-free error estimate needs two independent
-    # results; frames in between keep the last estimate.
+    # With pair="mean", every this many frames one render, a and b in turn, is also denoised on its own
+    # (the display still shows the mean's result), because the reference-free error estimate needs a
+    # result independent of the other render; frames in between keep the last estimate.
     estimate_every: int = 10
     # Each render's running mean over its reprojected past (temporal.py); history 1 turns it off. The
     # denoiser, the ring and the error estimate all see the reused renders.
@@ -178,11 +178,15 @@ class Session:
             self._sync()
         t0 = time.perf_counter()
         self._load_latest()
-        estimating = self.config.pair == "both" or self.frames % self.config.estimate_every == 0
-        result = self.denoiser.denoise_pair(frame, self.config.pair, each=estimating)
+        each = ""
+        if self.config.pair == "mean" and self.frames % self.config.estimate_every == 0:
+            # One render on its own is enough for an estimate, and a third image in the batch made every
+            # estimate frame 77 ms slower (cornell); the renders take turns.
+            each = "ab"[(self.frames // self.config.estimate_every) % 2]
+        result = self.denoiser.denoise_pair(frame, self.config.pair, each=each)
         self._sync()
         t1 = time.perf_counter()
-        if result.denoised_b is not None:  # the estimate needs both renders, denoised on their own
+        if frame.color_b is not None and (result.denoised_a is not None or result.denoised_b is not None):
             a, b = to_chw(frame.color_a, self.device), to_chw(frame.color_b, self.device)
             self._estimate = {**error_estimate(result.denoised_a, result.denoised_b, a, b), "frame": frame.index}
         estimate = self._estimate

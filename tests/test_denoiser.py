@@ -31,9 +31,16 @@ def test_pair_mean_denoises_the_average_of_the_renders_once(frame_factory):
     mean = (f.color_a + f.color_b) / 2
     torch.testing.assert_close(r.denoised, d.denoise(mean, f.albedo, f.normal))
     assert r.denoised_a is None and r.denoised_b is None  # no independent pair to estimate the error from
-    e = d.denoise_pair(f, "mean", each=True)
+    e = d.denoise_pair(f, "mean", each="ab")
     torch.testing.assert_close(e.denoised, r.denoised)  # the display does not change on estimate frames
+    torch.testing.assert_close(e.denoised_a, d.denoise(f.color_a, f.albedo, f.normal))
     torch.testing.assert_close(e.denoised_b, d.denoise(f.color_b, f.albedo, f.normal))
+    one = d.denoise_pair(f, "mean", each="b")  # one render on its own is enough for an estimate
+    torch.testing.assert_close(one.denoised, r.denoised)
+    assert one.denoised_a is None
+    torch.testing.assert_close(one.denoised_b, e.denoised_b)
+    with pytest.raises(ValueError, match="each"):
+        d.denoise_pair(f, "mean", each=True)
     assert not torch.allclose(r.denoised, d.denoise_pair(f, "both").denoised)
     with pytest.raises(ValueError, match="pair mode"):
         d.denoise_pair(f, "median")
