@@ -42,8 +42,9 @@ class Preset:
     pair: str = "both"  # denoiser.PAIR_MODES: how the displayed image is made from the two renders
     history: int = 1  # temporal reuse: frames in each render's reprojected running mean; 1: none
     rr_depth: int | None = None  # live renders may play Russian roulette from this path depth; None: the scene's
-    # The frame time the preset aims at: a loop slower than this after warm-up switches to the early
-    # Russian roulette above (decided once; session.py). None: early roulette is on from the start.
+    # The frame time the preset aims at: a loop slower than this after warm-up sheds work in steps, the early
+    # Russian roulette above among them (each window of frames is judged; session.py). None: early roulette
+    # is on from the start.
     frame_budget_ms: float | None = None
     budget_batch: int | None = None  # crops per training step once the loop is over that budget; None: the same
     aux_spp: int | None = None  # samples per pixel of the albedo/normal pass; None: the renders' spp
