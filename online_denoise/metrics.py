@@ -141,11 +141,12 @@ def error_estimate(denoised_a: torch.Tensor | None, denoised_b: torch.Tensor | N
     if denoised_a is None and denoised_b is None:
         raise ValueError("error_estimate needs at least one render denoised on its own")
     a, b = finite(color_a), finite(color_b)
-    terms = [((a - b) ** 2).mean() / 2]
-    terms += [((f - other) ** 2).mean() for f, other in ((denoised_a, b), (denoised_b, a)) if f is not None]
-    half_var, *cross = torch.stack(terms).tolist()
-    sides = iter(c - half_var for c in cross)
-    mse_a = next(sides) if denoised_a is not None else None
-    mse_b = next(sides) if denoised_b is not None else None
+    missing = a.new_zeros(())
+    cross = lambda f, other: missing if f is None else ((f - other) ** 2).mean()
+    # One stack, one transfer: on CUDA each .item() would wait for the GPU on its own.
+    half_var, cross_a, cross_b = torch.stack([((a - b) ** 2).mean() / 2, cross(denoised_a, b),
+                                              cross(denoised_b, a)]).tolist()
+    mse_a = None if denoised_a is None else cross_a - half_var
+    mse_b = None if denoised_b is None else cross_b - half_var
     given = [m for m in (mse_a, mse_b) if m is not None]
     return {"mse": sum(given) / len(given), "mse_a": mse_a, "mse_b": mse_b, "noisy_mse": half_var}
