@@ -162,7 +162,9 @@ class UNet(nn.Module):
             x = act(stage[1](act(stage[0](x))))
             decoded.append(x)
         x = F.interpolate(x, scale_factor=2, mode="nearest")
-        x = torch.cat([x, skips.pop()], dim=1)
+        # Under autocast x is bf16 while the input skip is fp32: concatenated as they are, the 41 channels
+        # became fp32, the next convolution cast them back, and backward converted their gradient twice.
+        x = torch.cat([x, skips.pop().to(x.dtype)], dim=1)
         x = act(self.dec1[1](act(self.dec1[0](x))))
         x = self.out(x)
         if self.config.output == "direct":
@@ -260,7 +262,7 @@ def composite_scales(color: torch.Tensor, heads: list[torch.Tensor], k: int) -> 
     for s in range(len(heads) - 2, -1, -1):
         f = apply_kernels(colors[s], heads[s][:, : k * k], k)
         a = torch.sigmoid(heads[s][:, k * k:k * k + 1])
-        out = f + a * (_up(out) - _up(_down(f)))
+        out = f + a * _up(out - _down(f))  # U is linear: one upsampling instead of two
     return out
 
 
