@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .errors import UserError
+from .memory import keep_freed_blocks
 
 SUBCOMMANDS = ("fly", "bench", "reference", "train", "denoise", "scenes")
 
@@ -395,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                 "denoise": _cmd_denoise, "scenes": _cmd_scenes}
     from renderer import RendererError
 
+    keep_freed_blocks()
     try:
         return handlers[args.command](args)
     except (UserError, RendererError) as e:

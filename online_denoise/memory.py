@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 
@@ -29,6 +30,39 @@ def rss_mb() -> float:
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return peak_rss_mb()
+
+
+# glibc's ceiling for M_MMAP_THRESHOLD on 64-bit; every tensor of the cpu preset's loop is smaller.
+KEEP_BLOCKS_UP_TO_MB = 32
+KEEP_FREE_MB = 256  # free memory at the top of the heap that malloc keeps instead of handing back
+
+
+def keep_freed_blocks(up_to_mb: int = KEEP_BLOCKS_UP_TO_MB, keep_mb: int = KEEP_FREE_MB) -> bool:
+    """Have glibc's malloc reuse freed blocks of up to ``up_to_mb`` instead of unmapping them; whether it took.
+
+    By default glibc maps blocks over its adaptive mmap threshold (the
+    largest block freed so far, from 128 KiB) straight from the kernel, and
+    hands free memory at the top of its heap back once there is more than
+    twice that threshold. A training step frees all its activations at once,
+    so the next step's arrived as fresh pages: a page fault and a zero-fill
+    per 4 KiB. In one profile zero-filling a 6 x 26 x 96^2 tensor took 19 ms
+    a step. Kept, the same blocks come back already mapped: median training
+    step 89 -> 70-78 ms and inference 38-40 -> 30-34 ms at 256^2 on 2 cores
+    (two processes each way), at the same peak RSS.
+    Leaves malloc alone where the user tuned it (MALLOC_* in the environment)
+    and off glibc, where there is no ``mallopt``.
+    """
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # another libc (musl) or none under that name
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mmap_ok = mallopt(m_mmap_threshold, up_to_mb << 20) == 1
+    trim_ok = mallopt(m_trim_threshold, keep_mb << 20) == 1
+    return mmap_ok and trim_ok
 
 
 # RSS swings by tens of MiB from frame to frame (the allocator returns large blocks to the OS and takes
