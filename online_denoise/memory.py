@@ -50,7 +50,7 @@ def keep_freed_blocks(up_to_mb: int = KEEP_BLOCKS_UP_TO_MB, keep_mb: int = KEEP_
     step 89 -> 70-78 ms and inference 38-40 -> 30-34 ms at 256^2 on 2 cores
     (two processes each way), at the same peak RSS. In the live loop, whose
     other allocations keep more of the heap in use, it saves less: over 40 s
-    of cornell-box, 958 k page faults became 140 k and system time 2.7 s
+    of cornell-box, 958 k page faults became 140 k and system time 2.7 s ->
     0.9 s, while frames/s stayed within the runs' spread (3.8-4.3).
     Leaves malloc alone where the user tuned it (MALLOC_* in the environment)
     and off glibc, where there is no ``mallopt``.
