@@ -68,7 +68,7 @@ def keep_freed_blocks(up_to_mb: int = KEEP_BLOCKS_UP_TO_MB, keep_mb: int = KEEP_
     return mmap_ok and trim_ok
 
 
-# RSS swings by tens of MiB from frame to frame (the allocator returns large blocks to the OS and takes
+# RSS swung by tens of MiB from frame to frame (before keep_freed_blocks the allocator returned blocks to the OS and took
 # them back), so a slope fitted over a minute or two extrapolates that noise: 2-minute runs gave
 # anything from +26 to +281 MiB per 10 min, and 30 minutes of the same loop gave +2.6.
 MIN_DRIFT_SPAN_S = 300.0
