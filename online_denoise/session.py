@@ -31,6 +31,21 @@ from .trainer import TrainConfig, Trainer
 # The first window of frames whose median time is held to the frame budget: after the first kernels are
 # compiled. Each following window of as many frames is judged alike, until every step of savings is taken.
 BUDGET_FRAMES = range(5, 25)
+# The share of a colour render that early Russian roulette from depth 3 saves, for judging whether that step
+# is enough: measured 20% on sunlit-room (59.5 -> 47.9 ms) and 18% on cornell-box, so a little less is assumed.
+ROULETTE_SAVING = 0.15
+
+
+def shed(over_ms: float, steps: list) -> None:
+    """Take steps (popped from the front) until their expected savings cover ``over_ms``.
+
+    Each step sheds its work and returns the milliseconds a frame it expects
+    to save, or None where it had nothing to shed here (the next is tried).
+    """
+    while over_ms > 0 and steps:
+        saving = steps.pop(0)()
+        if saving is not None:
+            over_ms -= saving
 
 
 @dataclass(frozen=True)
@@ -139,7 +154,8 @@ class Session:
         self._estimate: dict[str, float] = {}  # the latest error estimate, with the frame it was made on
         self._last_end = time.perf_counter()
         self._closed = False
-        self._budget_times: list[float] = []
+        self._budget_times: list[dict[str, float]] = []
+        self._window: dict[str, float] = {}  # the median stage times of the window just judged
         self._budget_steps = [self._fewer_aux_samples, self._cheaper_renders_and_steps]
         self.early_roulette_from: int | None = None  # the frame from which the live renders roulette early
         self.budget_batch_from: int | None = None  # the frame from which training takes the smaller batch
@@ -202,53 +218,58 @@ class Session:
         }
         roulette = bool(getattr(self.renderer, "early_roulette", False))
         self._last_end = end
-        self._keep_to_budget(timings["frame"])
+        self._keep_to_budget({**timings, "render_aux": rendered.timings.get("render_aux", 0.0)})
         self.frames += 1
         return FrameResult(frame, result, timings, estimate, self.trainer.steps, self.trainer.last_loss,
                            self.trainer.skipped_nonfinite, rendered, history, roulette)
 
-    def _keep_to_budget(self, frame_ms: float) -> None:
+    def _keep_to_budget(self, timings: dict[str, float]) -> None:
         """Over the frame budget, shed work in steps, the one that costs least quality first.
 
         The loop is judged on the median of each window of frames: while it is
-        over budget, the next step follows. A step once taken stays (a scene
-        that renders slowly stays slow); a window under budget sheds nothing,
-        but the windows after it are judged too, since a camera path can get
-        heavier later (glossy-metals from the prior was under budget at frames
-        25-44 with the aux pass at 8 spp and ran at 277 ms a frame after them).
+        over budget, the next step follows, and the one after it too where the
+        first step's expected saving (from the window's stage times) leaves the
+        frame over budget. (On sunlit-room the first window ran at 322 ms a
+        frame; the aux pass's fewer samples save about 15 ms, so the step after
+        it waited another window, 20 frames at 70 ms over budget, for nothing.)
+        A step once taken stays (a scene that renders slowly stays slow); a
+        window under budget sheds nothing, but the windows after it are judged
+        too, since a camera path can get heavier later (glossy-metals from the
+        prior was under budget at frames 25-44 with the aux pass at 8 spp and
+        ran at 277 ms a frame after them).
         """
         if self.config.frame_budget_ms is None or not self._budget_steps or self.frames < BUDGET_FRAMES[0]:
             return
-        self._budget_times.append(frame_ms)
+        self._budget_times.append(timings)
         if len(self._budget_times) < len(BUDGET_FRAMES):
             return
-        over = sorted(self._budget_times)[len(self._budget_times) // 2] > self.config.frame_budget_ms
-        self._budget_times = []
-        while over and self._budget_steps and not self._budget_steps.pop(0)():
-            pass  # that step had nothing to shed here; take the next
+        window, self._budget_times = self._budget_times, []
+        self._window = {key: sorted(t.get(key, 0.0) for t in window)[len(window) // 2] for key in window[0]}
+        shed(self._window["frame"] - self.config.frame_budget_ms, self._budget_steps)
 
-    def _fewer_aux_samples(self) -> bool:
+    def _fewer_aux_samples(self) -> float | None:
         """The albedo/normal pass at fewer spp: on sunlit-room 16 -> 8 saved 16 ms a frame at equal quality."""
         fewer, current = self.config.budget_aux_spp, getattr(self.renderer, "aux_spp", None)
         if fewer is None or current is None or fewer >= current:
-            return False
+            return None
         self.renderer.set_aux_spp(fewer)
         self.budget_aux_from = self.frames + 1
-        return True
+        return self._window.get("render_aux", 0.0) * (1 - fewer / current)
 
-    def _cheaper_renders_and_steps(self) -> bool:
+    def _cheaper_renders_and_steps(self) -> float | None:
         """Early Russian roulette in the live renders, and fewer crops a training step."""
-        shed = False
+        saving = None
         switch = getattr(self.renderer, "set_early_roulette", None)
-        if switch is not None and switch(True):
+        if switch is not None and not getattr(self.renderer, "early_roulette", False) and switch(True):
             self.early_roulette_from = self.frames + 1
-            shed = True
-        smaller = self.config.budget_batch
-        if smaller is not None and smaller < self.trainer.config.batch:
+            colour = self._window.get("render", 0.0) - self._window.get("render_aux", 0.0)
+            saving = ROULETTE_SAVING * max(colour, 0.0)
+        smaller, batch = self.config.budget_batch, self.trainer.config.batch
+        if smaller is not None and smaller < batch:
             self.trainer.config = replace(self.trainer.config, batch=smaller)
             self.budget_batch_from = self.frames + 1
-            shed = True
-        return shed
+            saving = (saving or 0.0) + self._window.get("train", 0.0) * (1 - smaller / batch)
+        return saving
 
     def set_training(self, enabled: bool) -> None:
         self.trainer.set_paused(not enabled)

@@ -238,20 +238,43 @@ def test_a_loop_over_its_frame_budget_after_warm_up_sheds_work_in_steps(budget_m
                                         budget_batch=2, budget_aux_spp=2 if aux_step else None))
     window = len(BUDGET_FRAMES)
     first = BUDGET_FRAMES[-1] + 1  # the frame after the first window
-    second = first + window if aux_step else first  # where roulette and the smaller batch begin
     try:
         results = [s.step(renderer.path.pose(i * 0.02)) for i in range(first + window + 2)]
     finally:
         s.close()
-    # First the albedo/normal pass takes fewer samples; if that is not enough, after another window,
-    # the renders roulette early and training takes fewer crops a step. Each decided once, and kept.
+    # First the albedo/normal pass takes fewer samples; a budget this far below the frame time needs more
+    # than that saves, so in the same window the renders roulette early and training takes fewer crops a
+    # step. Each decided once, and kept.
     assert s.budget_aux_from == (first if switched and aux_step else None)
     assert renderer.aux_spp == (2 if switched and aux_step else 4)
     flags = [r.record()["early_roulette"] for r in results]
-    assert flags == [False] * second + [switched] * (len(results) - second)
-    assert s.early_roulette_from == (second if switched else None)
+    assert flags == [False] * first + [switched] * (len(results) - first)
+    assert s.early_roulette_from == (first if switched else None)
     assert s.trainer.config.batch == (2 if switched else 3)
-    assert s.budget_batch_from == (second if switched else None)
+    assert s.budget_batch_from == (first if switched else None)
+
+
+def test_each_budget_step_is_taken_only_while_the_savings_so_far_fall_short():
+    from online_denoise.session import shed
+
+    taken = []
+
+    def step(name, saving):
+        return lambda: taken.append(name) or saving
+
+    steps = [step("aux", 15.0), step("roulette", 30.0)]
+    shed(10.0, steps)  # the first step's saving covers the overshoot: the second waits
+    assert taken == ["aux"] and len(steps) == 1
+    taken.clear()
+    steps = [step("aux", 15.0), step("roulette", 30.0)]
+    shed(72.0, steps)  # still over after both: both are taken, and nothing is left to shed
+    assert taken == ["aux", "roulette"] and steps == []
+    taken.clear()
+    steps = [step("nothing here", None), step("aux", 15.0), step("roulette", 30.0)]
+    shed(5.0, steps)  # a step with nothing to shed is passed over
+    assert taken == ["nothing here", "aux"] and len(steps) == 1
+    shed(-1.0, steps)  # under budget: nothing
+    assert taken == ["nothing here", "aux"] and len(steps) == 1
 
 
 def test_a_loop_that_goes_over_its_budget_later_sheds_then():
@@ -275,8 +298,7 @@ def test_a_loop_that_goes_over_its_budget_later_sheds_then():
             s.step(renderer.path.pose(i * 0.02))
     finally:
         s.close()
-    assert s.budget_aux_from == later + window
-    assert s.early_roulette_from == s.budget_batch_from == later + 2 * window
+    assert s.budget_aux_from == s.early_roulette_from == s.budget_batch_from == later + window
     assert renderer.aux_spp == 2 and renderer.early_roulette and s.trainer.config.batch == 2
 
 
