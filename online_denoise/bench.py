@@ -260,6 +260,8 @@ def _report(options, records, quality, temporal, oidn_ms, ours_ms, loop_seconds,
         "early_roulette_from": session.early_roulette_from,
         "budget_batch_from": session.budget_batch_from,
         "budget_aux_from": session.budget_aux_from,
+        # Every change the frame budget made: [first frame it applies to, "shed" | "restored", step].
+        "budget_events": [list(e) for e in session.budget_events],
         # None: the run was judged without OIDN (--no-oidn).
         "oidn": {"quality": OIDN_QUALITY, "ms_mean": oidn_mean} if options.oidn else None,
         # Both timed alone after the run: OIDN on the pair's average, ours as the loop displays a frame
@@ -370,6 +372,10 @@ def table(report: dict) -> str:
     if report.get("budget_aux_from") is not None:
         lines.append(f"over the frame budget after warm-up: the albedo/normal pass took "
                      f"{report['config'].get('budget_aux_spp')} spp from frame {report['budget_aux_from']}")
+    restored = [f"{step} from frame {frame}" for frame, what, step in report.get("budget_events", [])
+                if what == "restored"]
+    if restored:
+        lines.append(f"well under the frame budget again: took back {', '.join(restored)}")
     mem = report.get("memory")
     if mem:
         lines.append(f"memory: RSS {_f(mem['rss_mb_first_steady'], '.0f')} MiB after warm-up, "

@@ -152,6 +152,10 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gr2r-gamma", type=float, default=1.0, help="gr2r: weight of its extra terms (default 1)")
     g.add_argument("--anneal-steps", type=int, default=2000, help="l0: steps over which gamma goes 2 -> 0")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: preset)")
+    g.add_argument("--lr-end", type=float, default=None,
+                   help="the learning rate glides from --lr towards this one (default: stays at --lr)")
+    g.add_argument("--lr-decay-steps", type=int, default=None,
+                   help="with --lr-end: steps over which the rate covers 1 - 1/e of the way (default 200)")
     g.add_argument("--spike-clip", type=float, default=None, metavar="R",
                    help="scale down a gradient whose norm is over R x the median of the last 64 steps'; "
                         f"0 turns it off (default: preset; {SPIKE_RATIO:g} for cpu and gpu)")
@@ -280,11 +284,16 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
             raise UserError(f"{flag} {value}: expected a positive number")
     if args.steps_per_frame is not None and args.steps_per_frame < 0:
         raise UserError(f"--steps-per-frame {args.steps_per_frame}: expected 0 or more")
+    lr_end, decay = getattr(args, "lr_end", None), getattr(args, "lr_decay_steps", None)
+    if lr_end is not None and not 0 < lr_end < float("inf"):
+        raise UserError(f"--lr-end {lr_end:g}: expected a positive learning rate")
+    if decay is not None and decay < 1:
+        raise UserError(f"--lr-decay-steps {decay}: expected at least 1 step")
     spike = getattr(args, "spike_clip", None)
     if spike is not None and not (spike == 0 or 1 <= spike < float("inf")):
         raise UserError(f"--spike-clip {spike:g}: expected 0 (off) or a ratio of at least 1")
     overrides = {k: v for k, v in {
-        "loss": loss, "lr": args.lr, "steps_per_frame": args.steps_per_frame,
+        "loss": loss, "lr": args.lr, "lr_end": lr_end, "lr_decay_steps": decay, "steps_per_frame": args.steps_per_frame,
         "budget_ms": args.train_budget_ms, "schedule": getattr(args, "train_schedule", None), "crop": args.crop,
         "batch": args.batch, "target": target,
         "gr2r_gamma": getattr(args, "gr2r_gamma", None), "anneal_steps": getattr(args, "anneal_steps", None),

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .arrays import to_chw
+from .budget import FrameBudget
 from .denoiser import PAIR_MODES, Checkpoint, Denoiser, PairResult, frame_exposure, save_checkpoint
 from .features import FeatureSpec
 from .metrics import error_estimate
@@ -28,24 +29,73 @@ from .ring import RingBuffer
 from .temporal import TemporalConfig, TemporalReuse
 from .trainer import TrainConfig, Trainer
 
-# The first window of frames whose median time is held to the frame budget: after the first kernels are
-# compiled. Each following window of as many frames is judged alike, until every step of savings is taken.
-BUDGET_FRAMES = range(5, 25)
 # The share of a colour render that early Russian roulette from depth 3 saves, for judging whether that step
 # is enough: measured 20% on sunlit-room (59.5 -> 47.9 ms) and 18% on cornell-box, so a little less is assumed.
 ROULETTE_SAVING = 0.15
 
 
-def shed(over_ms: float, steps: list) -> None:
-    """Take steps (popped from the front) until their expected savings cover ``over_ms``.
+class _FewerAuxSamples:
+    """The albedo/normal pass at fewer spp: on sunlit-room 16 -> 8 saved 11 ms a frame at equal quality."""
 
-    Each step sheds its work and returns the milliseconds a frame it expects
-    to save, or None where it had nothing to shed here (the next is tried).
-    """
-    while over_ms > 0 and steps:
-        saving = steps.pop(0)()
-        if saving is not None:
-            over_ms -= saving
+    name = "aux"
+
+    def __init__(self, renderer, spp: int | None):
+        self.renderer, self.spp, self.full = renderer, spp, None
+
+    def shed(self, window: dict[str, float]) -> float | None:
+        current = getattr(self.renderer, "aux_spp", None)
+        if self.spp is None or current is None or self.spp >= current:
+            return None
+        self.full = current
+        self.renderer.set_aux_spp(self.spp)
+        return window.get("render_aux", 0.0) * (1 - self.spp / current)
+
+    def restore_cost(self, window: dict[str, float]) -> float:
+        return window.get("render_aux", 0.0) * (self.full / self.renderer.aux_spp - 1)
+
+    def restore(self) -> None:
+        self.renderer.set_aux_spp(self.full)
+
+
+class _CheaperRendersAndSteps:
+    """Early Russian roulette in the live renders, and fewer crops a training step."""
+
+    name = "roulette and crops"
+
+    def __init__(self, renderer, trainer, batch: int | None):
+        self.renderer, self.trainer, self.batch = renderer, trainer, batch
+        self.roulette, self.full_batch = False, None
+
+    def shed(self, window: dict[str, float]) -> float | None:
+        saving = None
+        switch = getattr(self.renderer, "set_early_roulette", None)
+        self.roulette = (switch is not None and not getattr(self.renderer, "early_roulette", False)
+                         and switch(True))
+        if self.roulette:
+            saving = ROULETTE_SAVING * self._colour(window)
+        self.full_batch = None
+        batch = self.trainer.config.batch
+        if self.batch is not None and self.batch < batch:
+            self.full_batch = batch
+            self.trainer.config = replace(self.trainer.config, batch=self.batch)
+            saving = (saving or 0.0) + window.get("train", 0.0) * (1 - self.batch / batch)
+        return saving
+
+    def restore_cost(self, window: dict[str, float]) -> float:
+        cost = ROULETTE_SAVING / (1 - ROULETTE_SAVING) * self._colour(window) if self.roulette else 0.0
+        if self.full_batch is not None:
+            cost += window.get("train", 0.0) * (self.full_batch / self.trainer.config.batch - 1)
+        return cost
+
+    def restore(self) -> None:
+        if self.roulette:
+            self.renderer.set_early_roulette(False)
+        if self.full_batch is not None:
+            self.trainer.config = replace(self.trainer.config, batch=self.full_batch)
+
+    @staticmethod
+    def _colour(window: dict[str, float]) -> float:
+        return max(window.get("render", 0.0) - window.get("render_aux", 0.0), 0.0)
 
 
 @dataclass(frozen=True)
@@ -65,10 +115,10 @@ class SessionConfig:
     # Each render's running mean over its reprojected past (temporal.py); history 1 turns it off. The
     # denoiser, the ring and the error estimate all see the reused renders.
     temporal: TemporalConfig = TemporalConfig()
-    # The frame time the loop aims at. While the median frame of a window (BUDGET_FRAMES, then each window
-    # after it) is slower, the loop sheds work in steps (_keep_to_budget): the aux pass's samples first,
-    # then early Russian roulette in the live renders (unbiased, cheaper, noisier) and fewer crops a step,
-    # each for the rest of the session. None: never shed.
+    # The frame time the loop aims at. While the median frame of a window (budget.BUDGET_FRAMES, then each
+    # window after it) is slower, the loop sheds work in steps (budget.FrameBudget): the aux pass's samples
+    # first, then early Russian roulette in the live renders (unbiased, cheaper, noisier) and fewer crops a
+    # step; a window well under budget takes the last step back. None: never shed.
     frame_budget_ms: float | None = None
     # Over that budget the trainer also takes this many crops a step instead of train.batch (None: keeps
     # its batch). On sunlit-room, 6 crops instead of 8 took the step from 100 to 71 ms and the loop from
@@ -76,8 +126,8 @@ class SessionConfig:
     # under budget it cost cornell 0.25 dB, so it waits for the budget.
     budget_batch: int | None = None
     # ...and the renderer's albedo/normal pass takes this many spp (None: keeps its own). On sunlit-room
-    # 16 spp cost 16 ms a frame over 8 (4.51 -> 4.14 frames/s) for the same quality; on cornell-box they
-    # were worth 0.28 dB.
+    # 16 spp cost 11 ms a frame over 8 (with coherent camera rays; 16 ms before) for the same quality; on
+    # cornell-box they were worth 0.28 dB.
     budget_aux_spp: int | None = None
 
     def __post_init__(self):
@@ -154,12 +204,13 @@ class Session:
         self._estimate: dict[str, float] = {}  # the latest error estimate, with the frame it was made on
         self._last_end = time.perf_counter()
         self._closed = False
-        self._budget_times: list[dict[str, float]] = []
-        self._window: dict[str, float] = {}  # the median stage times of the window just judged
-        self._budget_steps = [self._fewer_aux_samples, self._cheaper_renders_and_steps]
-        self.early_roulette_from: int | None = None  # the frame from which the live renders roulette early
-        self.budget_batch_from: int | None = None  # the frame from which training takes the smaller batch
-        self.budget_aux_from: int | None = None  # the frame from which the aux pass takes fewer samples
+        self._aux_step = _FewerAuxSamples(renderer, config.budget_aux_spp)
+        self._cheaper_step = _CheaperRendersAndSteps(renderer, self.trainer, config.budget_batch)
+        self.budget = (FrameBudget(config.frame_budget_ms, [self._aux_step, self._cheaper_step])
+                       if config.frame_budget_ms is not None else None)
+        self.early_roulette_from: int | None = None  # the first frame the live renders rouletted early
+        self.budget_batch_from: int | None = None  # the first frame training took the smaller batch
+        self.budget_aux_from: int | None = None  # the first frame the aux pass took fewer samples
         if config.train_enabled:
             self.trainer.start()
 
@@ -223,53 +274,39 @@ class Session:
         return FrameResult(frame, result, timings, estimate, self.trainer.steps, self.trainer.last_loss,
                            self.trainer.skipped_nonfinite, rendered, history, roulette)
 
+    @property
+    def budget_events(self) -> list[tuple[int, str, str]]:
+        """(first frame it applies to, "shed" or "restored", step) for each change the frame budget made."""
+        return list(self.budget.events) if self.budget is not None else []
+
     def _keep_to_budget(self, timings: dict[str, float]) -> None:
-        """Over the frame budget, shed work in steps, the one that costs least quality first.
+        """Shed work while the loop runs over its frame budget, and take it back when well under (budget.py).
 
-        The loop is judged on the median of each window of frames: while it is
-        over budget, the next step follows, and the one after it too where the
-        first step's expected saving (from the window's stage times) leaves the
-        frame over budget. (On sunlit-room the first window ran at 322 ms a
-        frame; the aux pass's fewer samples save about 15 ms, so the step after
-        it waited another window, 20 frames at 70 ms over budget, for nothing.)
-        A step once taken stays (a scene that renders slowly stays slow); a
-        window under budget sheds nothing, but the windows after it are judged
-        too, since a camera path can get heavier later (glossy-metals from the
-        prior was under budget at frames 25-44 with the aux pass at 8 spp and
-        ran at 277 ms a frame after them).
+        Over budget, the next step follows in the same window where the first
+        step's expected saving (from the window's stage times) leaves the frame
+        over. (On sunlit-room the first window ran at 322 ms a frame; the aux
+        pass's fewer samples save about 15 ms, so the step after it waited
+        another window, 20 frames at 70 ms over budget, for nothing.) Every
+        window is judged for as long as the loop runs, since a camera path can
+        get heavier later (glossy-metals from the prior was under budget at
+        frames 25-44 with the aux pass at 8 spp and ran at 277 ms a frame after
+        them), and lighter: glossy-metals from scratch shed both steps after
+        one window at 277 ms and then ran at 180-210 ms a frame for 400 frames.
         """
-        if self.config.frame_budget_ms is None or not self._budget_steps or self.frames < BUDGET_FRAMES[0]:
+        if self.budget is None:
             return
-        self._budget_times.append(timings)
-        if len(self._budget_times) < len(BUDGET_FRAMES):
-            return
-        window, self._budget_times = self._budget_times, []
-        self._window = {key: sorted(t.get(key, 0.0) for t in window)[len(window) // 2] for key in window[0]}
-        shed(self._window["frame"] - self.config.frame_budget_ms, self._budget_steps)
-
-    def _fewer_aux_samples(self) -> float | None:
-        """The albedo/normal pass at fewer spp: on sunlit-room 16 -> 8 saved 16 ms a frame at equal quality."""
-        fewer, current = self.config.budget_aux_spp, getattr(self.renderer, "aux_spp", None)
-        if fewer is None or current is None or fewer >= current:
-            return None
-        self.renderer.set_aux_spp(fewer)
-        self.budget_aux_from = self.frames + 1
-        return self._window.get("render_aux", 0.0) * (1 - fewer / current)
-
-    def _cheaper_renders_and_steps(self) -> float | None:
-        """Early Russian roulette in the live renders, and fewer crops a training step."""
-        saving = None
-        switch = getattr(self.renderer, "set_early_roulette", None)
-        if switch is not None and not getattr(self.renderer, "early_roulette", False) and switch(True):
-            self.early_roulette_from = self.frames + 1
-            colour = self._window.get("render", 0.0) - self._window.get("render_aux", 0.0)
-            saving = ROULETTE_SAVING * max(colour, 0.0)
-        smaller, batch = self.config.budget_batch, self.trainer.config.batch
-        if smaller is not None and smaller < batch:
-            self.trainer.config = replace(self.trainer.config, batch=smaller)
-            self.budget_batch_from = self.frames + 1
-            saving = (saving or 0.0) + self._window.get("train", 0.0) * (1 - smaller / batch)
-        return saving
+        seen = len(self.budget.events)
+        self.budget.observe(self.frames, timings)
+        for frame, what, name in self.budget.events[seen:]:
+            if what != "shed":
+                continue
+            if name == self._aux_step.name and self.budget_aux_from is None:
+                self.budget_aux_from = frame
+            if name == self._cheaper_step.name:
+                if self._cheaper_step.roulette and self.early_roulette_from is None:
+                    self.early_roulette_from = frame
+                if self._cheaper_step.full_batch is not None and self.budget_batch_from is None:
+                    self.budget_batch_from = frame
 
     def set_training(self, enabled: bool) -> None:
         self.trainer.set_paused(not enabled)

@@ -36,6 +36,11 @@ SPIKE_WARMUP = 16  # steps before the bound applies: the first steps' norms say 
 @dataclass(frozen=True)
 class TrainConfig:
     lr: float = 3e-4  # Adam, as in the paper
+    # When set, the learning rate glides from lr towards lr_end, exp(-step / lr_decay_steps) of the way
+    # left each step: the first steps learn fast, the later ones settle. No horizon, since a live session
+    # has no last step.
+    lr_end: float | None = None
+    lr_decay_steps: int = 200
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-8
     batch: int = 4  # crops per step
@@ -68,6 +73,10 @@ class TrainConfig:
             raise ValueError(f"--target {self.target}: expected one of {', '.join(TARGETS)}")
         if self.loss == "nll" and self.target != "blindspot":
             raise ValueError("--loss nll is the blind-spot net's likelihood; use it with --target blindspot")
+        if self.lr_end is not None and not 0 < self.lr_end < math.inf:
+            raise ValueError(f"lr_end {self.lr_end}: expected a positive learning rate")
+        if self.lr_decay_steps < 1:
+            raise ValueError(f"lr_decay_steps {self.lr_decay_steps}: expected at least 1 step")
         if self.batch < 1 or self.crop < 1 or self.steps_per_frame < 0:
             raise ValueError(f"invalid training config {self}")
         if self.spike_ratio is not None and not 1 <= self.spike_ratio < math.inf:
@@ -284,6 +293,9 @@ class Trainer:
         if self.config.grad_clip is not None:
             norm_value = min(norm_value, self.config.grad_clip)  # clip_grad_norm_ reports the norm before clipping
         self._tame_spike(norm_value)
+        if self.config.lr_end is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate()
         with self._weights_lock:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -293,6 +305,13 @@ class Trainer:
         self.last_loss = loss_value
         self.losses.append(loss_value)
         return True
+
+    def learning_rate(self) -> float:
+        """The learning rate of the next step."""
+        c = self.config
+        if c.lr_end is None:
+            return c.lr
+        return c.lr_end + (c.lr - c.lr_end) * math.exp(-self.steps / c.lr_decay_steps)
 
     def _tame_spike(self, norm: float) -> None:
         """Scale a gradient far larger than the recent ones down to ``spike_ratio`` x their median.

@@ -102,6 +102,17 @@ def test_spike_clip_flag():
             resolved("--spike-clip", bad)
 
 
+def test_learning_rate_schedule_flags():
+    assert resolved().train.lr_end is None  # the presets keep one rate
+    train = resolved("--lr", "2e-3", "--lr-end", "4e-4", "--lr-decay-steps", "150").train
+    assert (train.lr, train.lr_end, train.lr_decay_steps) == (2e-3, 4e-4, 150)
+    for flag, bad, expected in (("--lr-end", "0", "a positive learning rate"),
+                                ("--lr-end", "-0.001", "a positive learning rate"),
+                                ("--lr-decay-steps", "0", "at least 1 step")):
+        with pytest.raises(UserError, match=f"^{flag} {bad}: expected {expected}$"):
+            resolved(flag, bad)
+
+
 @pytest.mark.parametrize("flag", ["--batch", "--crop"])
 def test_training_size_flags_name_themselves_when_bad(flag):
     with pytest.raises(UserError, match=f"^{flag} 0: expected a positive number$"):

@@ -1,5 +1,4 @@
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -229,7 +228,7 @@ def test_inline_schedule_trains_every_frame_before_step_returns(tiny_renderer):
 def test_a_loop_over_its_frame_budget_after_warm_up_sheds_work_in_steps(budget_ms, switched, aux_step):
     from renderer import Renderer, RenderConfig
 
-    from online_denoise.session import BUDGET_FRAMES
+    from online_denoise.budget import BUDGET_FRAMES
 
     renderer = Renderer(RenderConfig(scene="cornell-box", width=16, height=16, spp=1, rr_depth=2,
                                      early_roulette=False, aux_spp=4))
@@ -254,33 +253,10 @@ def test_a_loop_over_its_frame_budget_after_warm_up_sheds_work_in_steps(budget_m
     assert s.budget_batch_from == (first if switched else None)
 
 
-def test_each_budget_step_is_taken_only_while_the_savings_so_far_fall_short():
-    from online_denoise.session import shed
-
-    taken = []
-
-    def step(name, saving):
-        return lambda: taken.append(name) or saving
-
-    steps = [step("aux", 15.0), step("roulette", 30.0)]
-    shed(10.0, steps)  # the first step's saving covers the overshoot: the second waits
-    assert taken == ["aux"] and len(steps) == 1
-    taken.clear()
-    steps = [step("aux", 15.0), step("roulette", 30.0)]
-    shed(72.0, steps)  # still over after both: both are taken, and nothing is left to shed
-    assert taken == ["aux", "roulette"] and steps == []
-    taken.clear()
-    steps = [step("nothing here", None), step("aux", 15.0), step("roulette", 30.0)]
-    shed(5.0, steps)  # a step with nothing to shed is passed over
-    assert taken == ["nothing here", "aux"] and len(steps) == 1
-    shed(-1.0, steps)  # under budget: nothing
-    assert taken == ["nothing here", "aux"] and len(steps) == 1
-
-
-def test_a_loop_that_goes_over_its_budget_later_sheds_then():
+def test_a_loop_that_goes_over_its_budget_later_sheds_then_and_takes_the_work_back_when_lighter():
     from renderer import Renderer, RenderConfig
 
-    from online_denoise.session import BUDGET_FRAMES
+    from online_denoise.budget import BUDGET_FRAMES
 
     renderer = Renderer(RenderConfig(scene="cornell-box", width=16, height=16, spp=1, rr_depth=2,
                                      early_roulette=False, aux_spp=4))
@@ -293,13 +269,23 @@ def test_a_loop_that_goes_over_its_budget_later_sheds_then():
         for i in range(later):
             s.step(renderer.path.pose(i * 0.02))
         assert renderer.aux_spp == 4 and not renderer.early_roulette  # under budget: nothing shed
-        s.config = replace(s.config, frame_budget_ms=1e-3)
+        s.budget.budget_ms = 1e-3
         for i in range(later, later + 2 * window):
+            s.step(renderer.path.pose(i * 0.02))
+        assert s.budget_aux_from == s.early_roulette_from == s.budget_batch_from == later + window
+        assert renderer.aux_spp == 2 and renderer.early_roulette and s.trainer.config.batch == 2
+        # ...and once the frames run well under budget again, the work comes back, the last step shed
+        # first, one step a window.
+        s.budget.budget_ms = 1e6
+        lighter = later + 2 * window
+        for i in range(lighter, lighter + 2 * window):
             s.step(renderer.path.pose(i * 0.02))
     finally:
         s.close()
-    assert s.budget_aux_from == s.early_roulette_from == s.budget_batch_from == later + window
-    assert renderer.aux_spp == 2 and renderer.early_roulette and s.trainer.config.batch == 2
+    assert renderer.aux_spp == 4 and not renderer.early_roulette and s.trainer.config.batch == 3
+    assert s.budget_events == [(later + window, "shed", "aux"), (later + window, "shed", "roulette and crops"),
+                               (lighter + window, "restored", "roulette and crops"),
+                               (lighter + 2 * window, "restored", "aux")]
 
 
 def test_no_early_roulette_where_the_scene_sets_its_own(tmp_path):

@@ -119,6 +119,27 @@ def test_spike_ratio_below_one_is_refused():
         TrainConfig(spike_ratio=0.5)
 
 
+def test_the_learning_rate_glides_from_lr_towards_lr_end(frame_factory):
+    tr = make_trainer([frame_factory()], lr=2e-3, lr_end=5e-4, lr_decay_steps=10)
+    used = []
+    for _ in range(30):
+        tr.step()
+        used.append(tr.optimizer.param_groups[0]["lr"])
+    assert used[0] == pytest.approx(2e-3)
+    assert used[10] == pytest.approx(5e-4 + 1.5e-3 / math.e)  # 1 - 1/e of the way after lr_decay_steps
+    assert all(a > b > 5e-4 for a, b in zip(used, used[1:]))
+    fixed = make_trainer([frame_factory()], lr=2e-3)
+    for _ in range(3):
+        fixed.step()
+    assert fixed.optimizer.param_groups[0]["lr"] == 2e-3
+
+
+@pytest.mark.parametrize("bad", [{"lr_end": 0.0}, {"lr_end": math.inf}, {"lr_decay_steps": 0}])
+def test_a_learning_rate_schedule_out_of_range_is_refused(bad):
+    with pytest.raises(ValueError, match="lr_end|lr_decay_steps"):
+        TrainConfig(**bad)
+
+
 def test_thread_trains_per_frame_publishes_versions_and_stops(frame_factory):
     tr = make_trainer([frame_factory()], steps_per_frame=3).start()
     for _ in range(3):
