@@ -53,6 +53,8 @@ class Summary:
     psnr_denoised: float | None = None
     psnr_noisy: float | None = None
     reference_spp: int = 0
+    # Every change the frame budget made: [first frame it applies to, "shed" | "restored", step].
+    budget_events: list = field(default_factory=list)
     out: str = ""
 
     @property
@@ -142,6 +144,7 @@ def run_headless(session: Session, options: HeadlessOptions, checkpoint_name: st
         steps=session.trainer.steps, loss=_median_of(list(session.trainer.losses)[-RECENT_STEPS:]),
         skipped_nonfinite=session.trainer.skipped_nonfinite,
         estimate_mse=_recent_estimate(records),
+        budget_events=[list(e) for e in session.budget_events],
         out=str(out),
     )
     if last is not None:

@@ -41,6 +41,8 @@ def test_headless_run_writes_its_files(cli, tmp_path):
     assert lines[0]["history"] == 1.0 and lines[-1]["history"] > 1.0
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["preset"] == "cpu" and run["summary"]["frames"] == 20 and run["config"]["history"] == 16
+    # 20 frames end before the budget's first window is judged: nothing shed, and the report says so.
+    assert run["summary"]["budget_events"] == []
     # One step a frame: the summary's loss is the median of the steps', not the last one's (which can spike).
     assert run["summary"]["loss"] == pytest.approx(float(np.median([l["loss"] for l in lines])), abs=1e-5)
     assert "(median of the last 50)" in proc.stdout
