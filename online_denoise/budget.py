@@ -85,7 +85,3 @@ class FrameBudget:
             self.pending.insert(0, step)
             self._restored.add(step.name)
             self.events.append((frame + 1, "restored", step.name))
-
-    def first(self, name: str) -> int | None:
-        """The frame from which step ``name`` was first shed, or None."""
-        return next((f for f, what, step in self.events if what == "shed" and step == name), None)
