@@ -310,5 +310,10 @@ def filter_around_emitters(kernels, color: torch.Tensor, emitter: torch.Tensor |
     return result
 
 
+def light_ring(emitter: torch.Tensor) -> torch.Tensor:
+    """1 on the pixels beside a directly seen light (``filter_around_emitters``'s ring), else 0."""
+    return dilate3(emitter) * (1.0 - emitter)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

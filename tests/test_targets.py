@@ -1,16 +1,18 @@
 """The self-supervision targets: their defining properties, and that each one learns."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 from online_denoise.blindspot import BlindSpotNet, gaussian_nll, posterior_mean
 from online_denoise.features import FeatureSpec
-from online_denoise.loss import L0Loss
+from online_denoise.loss import L0Loss, hdr_loss
 from online_denoise.model import ModelConfig, build_model
 from online_denoise.precision import Precision
-from online_denoise.ring import RingBuffer
-from online_denoise.targets import GR2R
+from online_denoise.ring import RingBuffer, TrainBatch
+from online_denoise.targets import GR2R, Paired
 from online_denoise.trainer import TrainConfig, Trainer
 
 
@@ -92,6 +94,47 @@ def test_n2c_target_is_rendered_with_its_own_seed():
     errs = [(np.asarray(f.target) - ref, np.asarray(f.color_a) - ref)]
     t, a = errs[0]
     assert abs(np.corrcoef((t / (1 + np.abs(t))).ravel(), (a / (1 + np.abs(a))).ravel())[0, 1]) < 0.2
+
+
+def _loss_and_grads(output: str, hit: tuple[int, int] | None):
+    """Paired n2n loss and gradients on a frame with a light in rows 4-7, with one target pixel, ``hit``,
+    set to a sample of that light (9: half its radiance, one of two samples)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=8, depth=3, output=output))
+    light = torch.zeros(1, 1, 32, 32)
+    light[..., 4:8, 10:20] = 1.0
+    color = torch.where(light > 0.5, 18.0, torch.rand(1, 3, 32, 32) * 0.5)
+    target = torch.where(light > 0.5, 18.0, torch.rand(1, 3, 32, 32) * 0.5)
+    if hit is not None:
+        target[..., hit[0], hit[1]] = 9.0
+    normal = torch.zeros(1, 3, 32, 32)
+    normal[:, 2] = 1.0
+    batch = TrainBatch(input=color, history=torch.ones(1, 1, 32, 32), target=target,
+                       albedo=torch.full((1, 3, 32, 32), 0.5), normal=normal, emitter=light,
+                       exposure=torch.ones(1, 1, 1, 1), frames=[0], has_background=False)
+    trainer = SimpleNamespace(model=model, spec=FeatureSpec(), precision=Precision(), loss_fn=hdr_loss)
+    loss = Paired("n2n").loss(trainer, batch)
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("output", ["kpn", "direct"])
+def test_a_light_sample_beside_the_light_teaches_only_a_head_that_can_show_it(output):
+    """The kernel head fills the ring of pixels beside a light from surface pixels alone, so a target sample
+    that hit the light there is beyond any weights: the loss and the step stay as they were without it (on
+    cornell-box such pixels made every loss spike). A pixel one further out still counts, and so does the
+    ring for the direct head, which can output anything."""
+    plain_loss, plain = _loss_and_grads(output, None)
+    ring_loss, ring = _loss_and_grads(output, (8, 12))
+    outside_loss, outside = _loss_and_grads(output, (9, 12))
+    if output == "kpn":
+        assert ring_loss == pytest.approx(plain_loss, rel=1e-6)
+        torch.testing.assert_close(ring, plain)
+    else:
+        assert ring_loss - plain_loss > 0.5
+        assert not torch.allclose(ring, plain)
+    assert outside_loss - plain_loss > 0.5
+    assert not torch.allclose(outside, plain)
 
 
 def _estimated_mse(model, pair) -> float:
