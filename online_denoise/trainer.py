@@ -57,6 +57,9 @@ class TrainConfig:
     # A step whose gradient norm is over this many times the median of the last SPIKE_WINDOW steps' is
     # scaled down to that bound; None: never. See Trainer._tame_spike.
     spike_ratio: float | None = None
+    # The hdr loss brings a target over this many times its prediction down to that bound (loss.hdr_loss);
+    # None: never.
+    target_clip: float | None = None
     ema: float | None = None  # publish an exponential moving average of the weights with this decay
     target: str = "n2n"  # what the network learns from (targets.py)
     gr2r_gamma: float = 1.0  # weight of GR2R's regular and pseudo-supervised terms
@@ -68,7 +71,9 @@ class TrainConfig:
     def __post_init__(self):
         from .targets import TARGETS
 
-        get_loss(self.loss)
+        get_loss(self.loss, target_clip=self.target_clip)
+        if self.target_clip is not None and not 1 <= self.target_clip < math.inf:
+            raise ValueError(f"target clip {self.target_clip}: expected a ratio of at least 1, or None for none")
         if self.target not in TARGETS:
             raise ValueError(f"--target {self.target}: expected one of {', '.join(TARGETS)}")
         if self.loss == "nll" and self.target != "blindspot":
@@ -113,7 +118,7 @@ class Trainer:
         self.ring = ring
         self.config = config
         self.device = torch.device(device)
-        self.loss_fn = get_loss(config.loss, config.anneal_steps)
+        self.loss_fn = get_loss(config.loss, config.anneal_steps, config.target_clip)
         self.objective = make_objective(config.target, config.gr2r_gamma)
         # On CUDA a step is bound by kernel launches, not arithmetic: the width-48 step on 8 x 128^2 crops
         # launched 1210 kernels and kept an H100 busy 12 of its 29 ms. The fused Adam, with the weights copied

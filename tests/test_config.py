@@ -93,6 +93,19 @@ def test_aux_spp_from_the_preset_or_the_flag(monkeypatch):
     assert (seen["config"].spp, seen["config"].aux_spp) == (2, 8)
 
 
+def test_target_clip_flag():
+    assert resolved().train.target_clip == 64.0  # the cpu preset's
+    assert resolved("--target-clip", "0").train.target_clip is None
+    assert resolved("--target-clip", "16").to_dict()["train"]["target_clip"] == 16.0
+    # another loss drops the preset's bound, which is the hdr loss's; asked for by name, it is refused
+    assert resolved("--loss", "l2").train.target_clip is None
+    with pytest.raises(UserError, match="--target-clip bounds the hdr loss's relative error; --loss l1 has none"):
+        resolved("--loss", "l1", "--target-clip", "8")
+    for bad in ("0.5", "-1", "inf"):
+        with pytest.raises(UserError, match=f"--target-clip {bad}: expected 0 \\(off\\) or a ratio of at least 1"):
+            resolved("--target-clip", bad)
+
+
 def test_spike_clip_flag():
     assert resolved().train.spike_ratio == 4.0
     assert resolved("--spike-clip", "0").train.spike_ratio is None
