@@ -165,8 +165,9 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
                    help="scale down a gradient whose norm is over R x the median of the last 64 steps'; "
                         f"0 turns it off (default: preset; {SPIKE_RATIO:g} for cpu and gpu)")
     g.add_argument("--target-clip", type=float, default=None, metavar="R",
-                   help="the hdr loss brings a target sample more than R x its prediction above it down to that bound, so that "
-                        f"one firefly cannot make a step; 0 turns it off (default: preset; {TARGET_CLIP:g} for cpu)")
+                   help="the hdr loss brings a target sample more than R x its prediction above it down to "
+                        "that bound, so that one firefly cannot make a step; 0 turns it off (default: preset; "
+                        f"{TARGET_CLIP:g} for cpu)")
     g.add_argument("--steps-per-frame", type=int, default=None, help="training steps per new frame (default: preset)")
     g.add_argument("--train-budget-ms", type=float, default=None,
                    help="instead of a step count, train for this many ms per frame")
