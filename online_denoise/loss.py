@@ -29,9 +29,10 @@ def hdr_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = HDR_EPS,
     sample came back step after step. The bound gives up the rarest paths'
     energy, which no network learns from a few samples anyway.
     """
-    scale = pred.detach().clamp_min(0.0) + eps
+    floor = pred.detach().clamp_min(0.0)
+    scale = floor + eps
     if clip is not None:
-        target = torch.minimum(target, pred.detach().clamp_min(0.0) + clip * scale)
+        target = torch.minimum(target, floor + clip * scale)
     return ((pred - target) ** 2 / scale ** 2).mean()
 
 
