@@ -1,5 +1,7 @@
 """Presets resolved with command-line overrides."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -214,3 +216,40 @@ def test_demodulate_flag_sets_the_spec_and_keeps_the_prior():
         resolved("--demodulate", "2")
     with pytest.raises(UserError, match="--demodulate: the kernels of the kpn head"):
         resolved("--demodulate", "0.05", "--head", "direct")
+
+
+def _train_prior_script_args() -> list[str]:
+    """The flags scripts/train_prior.sh passes to ``online-denoise train``, without the caller's "$@"."""
+    import shlex
+
+    text = (Path(__file__).parent.parent / "scripts" / "train_prior.sh").read_text()
+    command = text[text.index("online-denoise train"):].replace("\\\n", " ").split("\n")[0]
+    return [a for a in shlex.split(command)[1:] if a != "$@"]
+
+
+def test_the_prior_script_reproduces_the_shipped_prior():
+    """Anyone rerunning scripts/train_prior.sh gets the shipped prior's recipe, whatever the preset has gained.
+
+    A training setting the checkpoint does not record was added after it was trained, so the script
+    must keep it at its off state; the preset's target clip, added later, was the case that slipped.
+    """
+    import dataclasses
+
+    from online_denoise.denoiser import load_checkpoint
+    from online_denoise.trainer import TrainConfig
+
+    args = _parser().parse_args(_train_prior_script_args())
+    run = resolve(args, torch.device("cpu"))
+    prior = load_checkpoint(prior_path(run, "auto"))
+    meta = prior.meta
+    assert Path(args.out) == Path("online_denoise/priors/cpu.pt")
+    assert prior.model_config == run.model and prior.spec == run.features
+    recorded, now = meta["train_config"], dataclasses.asdict(run.train)
+    defaults = dataclasses.asdict(TrainConfig())
+    for key, value in now.items():
+        expected = recorded[key] if key in recorded else defaults[key]
+        assert value == (tuple(expected) if isinstance(value, tuple) else expected), key
+    offline = meta["offline"]
+    assert args.scene.split(",") == offline["scenes"] and "cornell-box" not in offline["scenes"]
+    assert (args.frames_per_scene, args.steps, run.spp, list(run.res), args.seed) == \
+        (offline["frames_per_scene"], offline["steps"], offline["spp"], offline["res"], offline["seed"])
