@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from online_denoise.arrays import dilate3
+from online_denoise.arrays import box3, dilate3, erode3
 from online_denoise.color import luminance as hwc_luminance
 from online_denoise.features import FIREFLY_RATIO, FeatureSpec, suppress_fireflies
 
@@ -111,3 +111,12 @@ def test_dilate3_is_a_3x3_max_pool_of_a_mask():
     for shape in ((1, 1, 256, 256), (8, 1, 96, 96), (2, 3, 5, 7), (1, 1, 1, 1)):
         mask = (torch.rand(shape) > 0.95).float() * torch.rand(shape)
         assert torch.equal(dilate3(mask), F.max_pool2d(mask, 3, stride=1, padding=1))
+
+
+def test_erode3_and_box3_are_the_3x3_minimum_and_mean():
+    torch.manual_seed(0)
+    for shape in ((1, 2, 64, 48), (2, 3, 5, 7), (1, 1, 1, 1)):
+        x = torch.randn(shape)
+        assert torch.equal(erode3(x), -F.max_pool2d(-x, 3, stride=1, padding=1))
+        expected = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        torch.testing.assert_close(box3(x), expected, rtol=1e-5, atol=1e-6)
