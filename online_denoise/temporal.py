@@ -219,7 +219,7 @@ def sharp_shading(histories: list[torch.Tensor], ratio: float) -> torch.Tensor:
     darkest marks such an edge. Each history is judged on its own samples,
     so render a's and render b's decisions stay independent.
     """
-    lum = torch.cat([0.2126 * h[:, 0:1] + 0.7152 * h[:, 1:2] + 0.0722 * h[:, 2:3] for h in histories], 1)
+    lum = torch.stack([luminance(h.movedim(1, -1)) for h in histories], 1)
     smooth = box3(lum)
     return dilate3(smooth) > ratio * (erode3(smooth) + SHARP_FLOOR)
 
