@@ -318,10 +318,15 @@ def network_backend(denoiser, checkpoint: str, tile: int, overlap: int) -> Backe
             # A light's albedo is 0; demodulated, it leaks into the pixels around it unless it is masked.
             inputs.notes.append("the checkpoint filters over the albedo (--demodulate) and no emission layer "
                                 "masks the lights: a light in view may leave a bright rim")
+        if "specular" in denoiser.spec.features:
+            # The guide comes from the live renderer's own pass; no file format carries it.
+            inputs.notes.append("the checkpoint also reads the live renderer's specular guide, which files do not "
+                                "carry: it sees 0 there, as on a diffuse surface")
         return denoiser.denoise_tiled(inputs.color, inputs.albedo, inputs.normal, tile, overlap, inputs.emission)
 
     # The emission layer is looked for but optional: without it lights are filtered like any pixel.
-    return Backend(str(Path(checkpoint).resolve()), (*denoiser.spec.features[1:], "emission"), True, run)
+    needs = tuple(f for f in denoiser.spec.features[1:] if f != "specular")
+    return Backend(str(Path(checkpoint).resolve()), (*needs, "emission"), True, run)
 
 
 def oidn_backend() -> Backend:

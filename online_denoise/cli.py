@@ -134,7 +134,7 @@ def _starting_weights(args, run):
 
 
 def _renderer(args, spp: int, seed: int = 0, run=None):
-    from renderer import Renderer, RenderConfig
+    from renderer import Renderer, RenderConfig, guide
 
     from .config import parse_res
 
@@ -144,7 +144,8 @@ def _renderer(args, spp: int, seed: int = 0, run=None):
                                  freeze={"auto": None, "on": True, "off": False}[args.freeze_renders],
                                  renders=run.renders if run else 2, target_spp=run.target_spp if run else None,
                                  rr_depth=run.rr_depth if run else None, aux_spp=run.aux_spp if run else None,
-                                 early_roulette=run is not None and run.frame_budget_ms is None))
+                                 early_roulette=run is not None and run.frame_budget_ms is None,
+                                 guide_share=guide.SHARE if run and "specular" in run.features.features else 0.0))
 
 
 def _apply_torch_threads(args) -> None:

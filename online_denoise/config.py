@@ -96,8 +96,8 @@ def parse_res(text: str) -> tuple[int, int]:
 def parse_features(text: str) -> tuple[str, ...]:
     names = tuple(f.strip() for f in text.split(",") if f.strip())
     if not names or names[0] != "color" or any(f not in FEATURE_CHANNELS for f in names) or len(set(names)) != len(names):
-        raise UserError(f"--features {text}: expected 'color' followed by any of albedo, normal, history "
-                        "(comma-separated)")
+        raise UserError(f"--features {text}: expected 'color' followed by any of "
+                        f"{', '.join(list(FEATURE_CHANNELS)[1:])} (comma-separated)")
     return names
 
 

@@ -52,7 +52,8 @@ def select_device(name: str = "auto") -> torch.device:
 def prepare_input(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor, albedo: torch.Tensor | None,
                   normal: torch.Tensor | None, exposure: torch.Tensor | float = 1.0,
                   precision: Precision = Precision(), frames: torch.Tensor | None = None,
-                  keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+                  keep: torch.Tensor | None = None,
+                  specular: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """Features and colour, padded to the network's alignment, plus the unpadded size.
 
     The colour has its fireflies suppressed (``spec.firefly``) before both
@@ -62,7 +63,7 @@ def prepare_input(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor
     color = finite(color) * exposure
     if spec.firefly:
         color = suppress_fireflies(color, spec.firefly, keep)
-    x = build_input(spec, color, albedo, normal, frames)
+    x = build_input(spec, color, albedo, normal, frames, specular)
     x, size = pad_to(x, model.alignment)
     c, _ = pad_to(color, model.alignment)
     if precision.channels_last:
@@ -74,7 +75,7 @@ def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
                 albedo: torch.Tensor | None, normal: torch.Tensor | None,
                 exposure: torch.Tensor | float = 1.0, precision: Precision = Precision(),
                 emitter: torch.Tensor | None = None, frames: torch.Tensor | None = None,
-                has_background: bool | None = None) -> torch.Tensor:
+                has_background: bool | None = None, specular: torch.Tensor | None = None) -> torch.Tensor:
     """Linear HDR prediction, N x 3 x H x W (fp32), for N x 3 x H x W inputs of any size.
 
     ``frames`` (N x 1 x H x W) counts the frames each pixel of ``color``
@@ -97,7 +98,7 @@ def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
             background = None
     direct = [m for m in (emitter, background) if m is not None]
     keep = None if not direct else direct[0] if len(direct) == 1 else torch.maximum(*direct)
-    x, c, (h, w) = prepare_input(model, spec, color, albedo, normal, exposure, precision, frames, keep)
+    x, c, (h, w) = prepare_input(model, spec, color, albedo, normal, exposure, precision, frames, keep, specular)
     kpn = getattr(model, "config", None) is not None and model.config.output == "kpn"
     masks = {}
     if emitter is not None:
@@ -149,10 +150,10 @@ class Denoiser:
     @torch.inference_mode()
     def denoise_batch(self, color: torch.Tensor, albedo: torch.Tensor | None, normal: torch.Tensor | None,
                       exposure: float = 1.0, emitter: torch.Tensor | None = None,
-                      frames: torch.Tensor | None = None) -> torch.Tensor:
+                      frames: torch.Tensor | None = None, specular: torch.Tensor | None = None) -> torch.Tensor:
         y = run_network(self.model, self.spec, color.to(self.device), _opt(albedo, self.device),
                         _opt(normal, self.device), exposure, self.precision, _opt(emitter, self.device),
-                        _opt(frames, self.device))
+                        _opt(frames, self.device), specular=_opt(specular, self.device))
         return y.clamp_min(0.0)
 
     def denoise(self, color, albedo=None, normal=None, emission=None) -> torch.Tensor:
@@ -227,10 +228,11 @@ class Denoiser:
         color = torch.cat(colors)
         albedo, normal = _opt_chw(frame.albedo, dev), _opt_chw(frame.normal, dev)
         emitter = _emitter(getattr(frame, "emission", None), dev)
+        specular = _opt_chw(getattr(frame, "specular", None), dev)
         n = color.shape[0]
         out = self.denoise_batch(color, _expand(albedo, n), _expand(normal, n),
                                  frame_exposure(self.spec, frame.color_a), _expand(emitter, n),
-                                 None if frames is None else torch.cat(frames))
+                                 None if frames is None else torch.cat(frames), _expand(specular, n))
         if single:
             return PairResult(out, out, None, self.version)
         if mean:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .arrays import dilate3
 from .color import get_transfer, luminance
 
-FEATURE_CHANNELS = {"color": 3, "albedo": 3, "normal": 3, "history": 1}
+FEATURE_CHANNELS = {"color": 3, "albedo": 3, "normal": 3, "history": 1, "specular": 3}
 EXPOSURE_MODES = ("none", "auto")
 # Live 120-s runs from the prior, same frames 100-500: glossy-metals +0.88 dB (FLIP better at all five),
 # cornell -0.33 at 2 but +0.06 at 4. At 2 an ordinary 2-spp pixel is often twice its neighbours and the
@@ -133,16 +133,24 @@ def mean_frames(frames_a: torch.Tensor, frames_b: torch.Tensor) -> torch.Tensor:
 
 
 def build_input(spec: FeatureSpec, color: torch.Tensor, albedo: torch.Tensor | None,
-                normal: torch.Tensor | None, frames: torch.Tensor | None = None) -> torch.Tensor:
+                normal: torch.Tensor | None, frames: torch.Tensor | None = None,
+                specular: torch.Tensor | None = None) -> torch.Tensor:
     """N x C x H x W network input from N x 3 x H x W linear colour and aux buffers.
 
     ``frames`` (N x 1 x H x W) is what each pixel of ``color`` averages, for
-    the history feature (``noise_level``).
+    the history feature (``noise_level``). ``specular`` is the renderer's
+    mirror guide (radiance, through the colour's transfer); None, as for an
+    image from a file, is a guide of 0: what a diffuse surface has.
     """
-    parts = [get_transfer(spec.transfer).forward(finite(color).clamp_min(0.0))]
+    transfer = get_transfer(spec.transfer)
+    parts = [transfer.forward(finite(color).clamp_min(0.0))]
     for name in spec.features[1:]:
         if name == "history":
             parts.append(noise_level(frames, color).to(parts[0].dtype))
+            continue
+        if name == "specular":
+            parts.append(torch.zeros_like(parts[0]) if specular is None
+                         else transfer.forward(finite(specular).clamp_min(0.0)).to(parts[0].dtype))
             continue
         buf = albedo if name == "albedo" else normal
         if buf is None:

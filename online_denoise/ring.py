@@ -6,7 +6,8 @@ colour's running mean spans, albedo, normal, and the mask of directly seen
 emitters) plus a few bytes per slot. At 256^2 with 16 slots that is 60 MiB.
 Single-render targets store 10 channels a slot; a clean-target run stores 3 more.
 Under temporal reuse a ring with ``edge_targets`` stores 6 more: each render's
-training target, its running mean but its own new samples at edges (84 MiB).
+training target, its running mean but its own new samples at edges (84 MiB),
+and a ring for a network that reads the specular guide stores its 3 channels.
 
 The producer never waits for the trainer: a push claims the oldest slot and
 overwrites it. Both sides hold the lock only for O(1) bookkeeping, never while
@@ -43,11 +44,13 @@ class TrainBatch:
     exposure: torch.Tensor  # B x 1 x 1 x 1
     frames: list[int]  # sequence numbers of the frames the crops came from
     has_background: bool | None = None  # whether a crop sees past the scene; None: run_network looks
+    specular: torch.Tensor | None = None  # B x 3 x h x w, the renderer's mirror guide (features.build_input)
 
 
 class RingBuffer:
     def __init__(self, capacity: int, height: int, width: int, device: torch.device | str = "cpu", seed: int = 0,
-                 renders: int = 2, with_target: bool = False, edge_targets: bool = False):
+                 renders: int = 2, with_target: bool = False, edge_targets: bool = False,
+                 with_specular: bool = False):
         if capacity < 1:
             raise ValueError(f"ring capacity must be at least 1, got {capacity}")
         if renders not in (1, 2):
@@ -69,6 +72,7 @@ class RingBuffer:
         self.target_b = torch.zeros(shape, device=self.device) if edge_targets else None
         self.albedo = torch.zeros(shape, device=self.device)
         self.normal = torch.zeros(shape, device=self.device)
+        self.specular = torch.zeros(shape, device=self.device) if with_specular else None
         self.emitter = torch.zeros((capacity, 1, height, width), device=self.device)
         self.exposure = [1.0] * capacity
         self._seq = [-1] * capacity  # sequence number held by each slot; -1: empty or being written
@@ -82,15 +86,16 @@ class RingBuffer:
 
     @staticmethod
     def bytes_for(capacity: int, height: int, width: int, renders: int = 2, with_target: bool = False,
-                  edge_targets: bool = False) -> int:
-        channels = 4 * renders + 7 + (3 if with_target else 0) + (6 if edge_targets else 0)
+                  edge_targets: bool = False, with_specular: bool = False) -> int:
+        channels = 4 * renders + 7 + (3 if with_target else 0) + (6 if edge_targets else 0) + 3 * with_specular
         return capacity * channels * height * width * 4
 
     def _buffers(self) -> list[tuple[str, torch.Tensor]]:
         named = [("color_a", self.color_a), ("color_b", self.color_b), ("frames_a", self.frames_a),
                  ("frames_b", self.frames_b), ("target", self.target), ("target_a", self.target_a),
                  ("target_b", self.target_b),
-                 ("albedo", self.albedo), ("normal", self.normal), ("emitter", self.emitter)]
+                 ("albedo", self.albedo), ("normal", self.normal), ("specular", self.specular),
+                 ("emitter", self.emitter)]
         return [(n, t) for n, t in named if t is not None]
 
     @property
@@ -150,6 +155,9 @@ class RingBuffer:
                 else:
                     dst[slot].copy_(emitter_mask(to_chw(emission, self.device))[0])
                 continue
+            if name == "specular" and getattr(frame, "specular", None) is None:
+                dst[slot].zero_()  # a frame from a file or the scalar variant: no guide
+                continue
             if name.startswith("frames_"):
                 span = getattr(frame, name, None)
                 if span is None:
@@ -188,17 +196,19 @@ class RingBuffer:
             copies = [self._copy_crop(slot, ch, cw) + (slot, gen, seq, exposure)
                       for slot, gen, seq, exposure in claimed]
             with self._lock:
-                crops += [c for c in copies if self._gen[c[6]] == c[7]]  # drop crops a push tore
+                crops += [c for c in copies if self._gen[c[7]] == c[8]]  # drop crops a push tore
             if len(crops) == batch:
                 break
         if len(crops) < batch:
             raise RuntimeError(f"ring buffer: could not copy {batch} untorn crops in {max_tries} tries")
         inputs, albedos, normals, emitters, spans = (torch.stack([c[i] for c in crops]) for i in (0, 2, 3, 4, 5))
+        speculars = None if self.specular is None else torch.stack([c[6] for c in crops])
         targets = None if crops[0][1] is None else torch.stack([c[1] for c in crops])
         if not bool(emitters.any()):
             emitters = None  # most crops miss the lights; the plain filter then runs on 3 channels, not 7
-        exposure = torch.tensor([c[9] for c in crops], device=self.device).view(-1, 1, 1, 1)
-        return TrainBatch(inputs, spans, targets, albedos, normals, emitters, exposure, [c[8] for c in crops])
+        exposure = torch.tensor([c[10] for c in crops], device=self.device).view(-1, 1, 1, 1)
+        return TrainBatch(inputs, spans, targets, albedos, normals, emitters, exposure, [c[9] for c in crops],
+                          specular=speculars)
 
     def _copy_crop(self, slot: int, ch: int, cw: int) -> tuple[torch.Tensor, ...]:
         rng = self._rng
@@ -213,4 +223,5 @@ class RingBuffer:
         if self.target_a is not None:
             target = (self.target_a if swapped else self.target_b)[win]
         return (a.clone(), None if target is None else target.clone(), self.albedo[win].clone(),
-                self.normal[win].clone(), self.emitter[win].clone(), span.clone())
+                self.normal[win].clone(), self.emitter[win].clone(), span.clone(),
+                None if self.specular is None else self.specular[win].clone())

@@ -61,7 +61,8 @@ class Paired(Objective):
         if batch.target is None:
             raise RuntimeError(f"target {self.name} needs a second render or a clean render in the ring")
         pred = run_network(trainer.model, trainer.spec, batch.input, batch.albedo, batch.normal, batch.exposure,
-                           trainer.precision, batch.emitter, batch.history, batch.has_background)
+                           trainer.precision, batch.emitter, batch.history, batch.has_background,
+                           specular=batch.specular)
         return trainer.loss_fn(pred, reachable(trainer.model, batch, pred, batch.target))
 
 
@@ -79,7 +80,7 @@ class GR2R(Objective):
     def loss(self, trainer, batch) -> torch.Tensor:
         def f(color):
             return run_network(trainer.model, trainer.spec, color, batch.albedo, batch.normal, batch.exposure,
-                               trainer.precision, batch.emitter, batch.history)
+                               trainer.precision, batch.emitter, batch.history, specular=batch.specular)
 
         y = batch.input
         with torch.no_grad():
@@ -105,10 +106,10 @@ class BlindSpot(Objective):
         model = trainer.model
         if model.config.output == "mean":
             pred = run_network(model, trainer.spec, batch.input, batch.albedo, batch.normal, batch.exposure,
-                               trainer.precision, frames=batch.history)
+                               trainer.precision, frames=batch.history, specular=batch.specular)
             return trainer.loss_fn(pred, batch.input)
         x, _, (h, w) = prepare_input(model, trainer.spec, batch.input, batch.albedo, batch.normal, batch.exposure,
-                                     trainer.precision, batch.history)
+                                     trainer.precision, batch.history, specular=batch.specular)
         with trainer.precision.autocast(x.device):
             g = model.gaussian(x)
         g = {k: v[..., :h, :w] if v.dim() == 4 and k != "prior_cov" else v[:, :h, :w] for k, v in g.items()}

@@ -27,6 +27,10 @@ class Frame:
     emitters the camera sees directly, lights and the environment: nonzero
     wherever any aux sample of the pixel hit one.
 
+    ``specular`` (H x W x 3, aux pass) is what a perfect mirror would show on
+    surfaces with a glossy or smooth lobe, 0 elsewhere (``aux.specular_guide``):
+    the edges of a reflection, without noise.
+
     ``lobes`` is the scene's table of view-dependent lobe widths in radians,
     indexed by the shape index (``renderer.lobes``): inf for diffuse shapes,
     0 for smooth ones. None when the variant writes no shape ids.
@@ -53,6 +57,7 @@ class Frame:
     position: Any | None = None
     surface: Any | None = None
     emission: Any | None = None
+    specular: Any | None = None
     lobes: tuple[float, ...] | None = None
     frames_a: Any | None = None
     frames_b: Any | None = None

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import aux as aux_pass
+from . import guide as guide_pass
 from . import workers
 from .camera import CameraPath, Pose, load_path, orbit_path
 from .errors import RendererError
@@ -67,6 +68,8 @@ class RenderConfig:
     # set_early_roulette switches it later.
     rr_depth: int | None = None
     early_roulette: bool = True
+    # Also render the specular guide (guide.py) at this fraction of the aux pass's samples; 0: no guide.
+    guide_share: float = 0.0
 
     def __post_init__(self):
         if self.width < 1 or self.height < 1:
@@ -81,6 +84,8 @@ class RenderConfig:
             raise RendererError(f"arrays {self.arrays!r}: expected auto, numpy or dlpack")
         if self.rr_depth is not None and self.rr_depth < 1:
             raise RendererError(f"rr_depth {self.rr_depth}: expected a path depth of at least 1")
+        if not 0 <= self.guide_share <= 1:
+            raise RendererError(f"guide share {self.guide_share}: expected 0 (no guide) to 1")
         if not 0 <= self.seed < SESSION_BLOCKS:
             raise RendererError(f"--seed {self.seed}: expected 0 to {SESSION_BLOCKS - 1}")
 
@@ -111,6 +116,8 @@ class Renderer:
         self._color_integrator = self._scene_integrator
         self.set_early_roulette(config.early_roulette)
         self._aux_integrator = mi.load_dict(aux_pass.integrator(mi))
+        guide = guide_pass.integrator(mi) if config.guide_share > 0 else None
+        self._guide_integrator = mi.load_dict(guide) if guide is not None else None
         self.aux_spp = config.aux_spp  # None: each frame's colour spp; set_aux_spp changes it
         self.lobes = shape_lobes(mi, self.scene)
         self.keeps_jit_arrays = config.arrays == "dlpack" or (config.arrays == "auto" and self.variant.startswith("cuda"))
@@ -265,6 +272,12 @@ class Renderer:
         color_a = timed("a", self._color_integrator, spp)[:, :, 0:3]
         color_b = timed("b", self._color_integrator, spp)[:, :, 0:3] if self.config.renders == 2 else None
         aux = timed("aux", self._aux_integrator, aux_spp)
+        specular = None
+        if self._guide_integrator is not None:
+            n = max(1, round(aux_spp * self.config.guide_share))
+            specular = timed("guide", self._guide_integrator, n)[:, :, 0:3]
+        elif self.config.guide_share > 0:  # a scalar variant: no guide pass, a guide of 0
+            specular = np.zeros(self.shape + (3,), np.float32)
         target = None
         if self.config.target_spp:
             seeds["target"] = self.take_seed()
@@ -281,7 +294,7 @@ class Renderer:
         return Frame(color_a, color_b, albedo, own(aux[:, :, aux_pass.NORMAL]), pose, index, seeds, spp, timings,
                      target, self.config.target_spp or 0, position=own(aux[:, :, aux_pass.POSITION]),
                      surface=own(aux[:, :, aux_pass.SHAPE]), emission=own(aux[:, :, aux_pass.EMISSION]),
-                     lobes=self.lobes)
+                     specular=specular, lobes=self.lobes)
 
     def set_aux_spp(self, spp: int) -> None:
         """Samples per pixel of the albedo/normal pass from the next frame on."""

@@ -1,12 +1,13 @@
-"""The firefly clamp and the feature spec that carries it."""
+"""The firefly clamp, the feature spec that carries it, the network input and the masks."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from online_denoise.arrays import box3, dilate3, erode3
+from online_denoise.color import get_transfer
 from online_denoise.color import luminance as hwc_luminance
-from online_denoise.features import FIREFLY_RATIO, FeatureSpec, suppress_fireflies
+from online_denoise.features import FIREFLY_RATIO, FeatureSpec, build_input, suppress_fireflies
 
 
 def luminance(color):
@@ -120,3 +121,20 @@ def test_erode3_and_box3_are_the_3x3_minimum_and_mean():
         assert torch.equal(erode3(x), -F.max_pool2d(-x, 3, stride=1, padding=1))
         expected = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         torch.testing.assert_close(box3(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_specular_guide_enters_through_the_colour_transfer_and_is_zero_when_absent():
+    spec = FeatureSpec(("color", "albedo", "normal", "specular"))
+    assert spec.channels == 12
+    color = torch.rand(2, 3, 8, 8)
+    albedo, normal = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8) * 2 - 1
+    guide = torch.rand(2, 3, 8, 8) * 50  # a sky and a sun are far above 1
+    guide[0, :, 0, 0] = float("nan")
+    x = build_input(spec, color, albedo, normal, specular=guide)
+    transfer = get_transfer(spec.transfer)
+    expected = transfer.forward(torch.nan_to_num(guide, nan=0.0))
+    torch.testing.assert_close(x[:, 9:12], expected)
+    assert torch.isfinite(x).all() and x[:, 9:12].max() < 1  # bounded like the colour input
+    torch.testing.assert_close(x[:, :9], build_input(FeatureSpec(), color, albedo, normal))
+    # An image from a file has no guide: what a diffuse surface has.
+    assert build_input(spec, color, albedo, normal)[:, 9:12].abs().max() == 0

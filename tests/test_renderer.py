@@ -413,3 +413,43 @@ def test_worker_priority_is_only_ever_lowered():
     finally:
         done.set()
         t.join()
+
+
+def _mirror_scene(tmp_path, bsdf: str) -> str:
+    """A sphere in a constant sky of 0.25, and a reddish diffuse wall behind the camera that only a mirror shows."""
+    xml = tmp_path / "mirror.xml"
+    xml.write_text('<scene version="3.0.0"><emitter type="constant"><rgb name="radiance" value="0.25"/></emitter>'
+                   '<sensor type="perspective"><float name="fov" value="30"/><transform name="to_world">'
+                   '<lookat origin="0, 0, 6" target="0, 0, 0" up="0, 1, 0"/></transform></sensor>'
+                   f'<shape type="sphere"><float name="radius" value="1"/>{bsdf}</shape>'
+                   '<shape type="rectangle"><transform name="to_world"><scale value="4"/><rotate y="1" angle="180"/>'
+                   '<translate value="0, 0, 8"/></transform><bsdf type="diffuse">'
+                   '<rgb name="reflectance" value="0.5, 0.2, 0.1"/></bsdf></shape></scene>')
+    return str(xml)
+
+
+def test_the_specular_guide_shows_what_a_mirror_reflects_and_nothing_on_diffuse_surfaces(tmp_path):
+    mirror = Renderer(RenderConfig(scene=_mirror_scene(tmp_path, '<bsdf type="conductor"/>'), width=32, height=32,
+                                   spp=1, aux_spp=16, arrays="numpy", guide_share=0.25))
+    f = mirror.render_pair(mirror.initial_pose)
+    assert f.specular.shape == (32, 32, 3) and f.specular.dtype == np.float32 and "guide" in f.seeds
+    sphere = np.linalg.norm(f.normal, axis=-1) > 0.99  # fully covered pixels
+    guide = f.specular[sphere]
+    # The middle of the ball reflects the wall behind the camera, which gives its albedo; its rim, the sky.
+    wall = np.abs(guide - [0.5, 0.2, 0.1]).max(-1) < 1e-3
+    sky = np.abs(guide - 0.25).max(-1) < 1e-3
+    assert wall.sum() > 8 and sky.sum() > 20 and (wall | sky).mean() > 0.8
+    centre = f.specular[14:18, 14:18].reshape(-1, 3)
+    np.testing.assert_allclose(centre, np.broadcast_to([0.5, 0.2, 0.1], centre.shape), atol=1e-3)
+    assert np.all(f.specular[:4, :4] == 0)  # the background (the guide's samples are not the aux pass's)
+
+    diffuse = Renderer(RenderConfig(scene=_mirror_scene(tmp_path, '<bsdf type="diffuse"/>'), width=32, height=32,
+                                    spp=1, arrays="numpy", guide_share=0.25))
+    assert np.all(diffuse.render_pair(diffuse.initial_pose).specular == 0)
+
+
+def test_without_a_guide_share_there_is_no_guide_pass(tiny_renderer):
+    f = tiny_renderer.render_pair(tiny_renderer.initial_pose)
+    assert f.specular is None and "guide" not in f.seeds and "render_guide" not in f.timings
+    with pytest.raises(RendererError, match="guide share 2"):
+        RenderConfig(guide_share=2)

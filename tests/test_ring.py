@@ -19,6 +19,25 @@ def const_frame(value, h=16, w=16):
 def test_memory_bound_is_what_is_allocated():
     ring = RingBuffer(5, 24, 40)
     assert ring.nbytes == RingBuffer.bytes_for(5, 24, 40) == 5 * 15 * 24 * 40 * 4
+    guided = RingBuffer(5, 24, 40, with_specular=True)
+    assert guided.nbytes == RingBuffer.bytes_for(5, 24, 40, with_specular=True) == 5 * 18 * 24 * 40 * 4
+
+
+def test_the_specular_guide_is_cropped_with_its_colour_and_left_out_when_not_stored():
+    ring = RingBuffer(4, 16, 16, with_specular=True)
+    for v in range(4):
+        f = const_frame(float(v))
+        f.specular = np.full((16, 16, 3), v + 100.0, np.float32)
+        ring.push(f)
+    ring.push(const_frame(4.0))  # a frame without a guide (from a file) stores 0
+    for _ in range(10):
+        batch = ring.sample(4, 8)
+        for i, seq in enumerate(batch.frames):
+            assert int(batch.input[i, 0, 0, 0].floor()) == seq  # render a or b: value or value + 0.5
+            assert torch.all(batch.specular[i] == (0.0 if seq == 4 else seq + 100.0))
+    plain = RingBuffer(2, 16, 16)
+    plain.push(const_frame(1.0))
+    assert plain.sample(2, 8).specular is None
 
 
 def test_push_overwrites_the_oldest():
