@@ -138,7 +138,8 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scales", type=int, default=None, help="kpn scales: full, 1/2, 1/4... (default: preset)")
     g.add_argument("--features", default="color,albedo,normal",
                    help="network inputs: color, then any of albedo, normal, history (each pixel's noise level "
-                        "from the frames temporal reuse averaged; default color,albedo,normal)")
+                        "from the frames temporal reuse averaged), specular (what a mirror would reflect on glossy "
+                        "surfaces, from a pass of its own; renderer/guide.py); default color,albedo,normal")
     g.add_argument("--transfer", default="paper", help="input transfer: paper ((v/(1+v))^(1/2.2)), log or linear")
     g.add_argument("--exposure-norm", choices=["none", "auto"], default="none",
                    help="scale each frame to middle grey before the transfer")
