@@ -27,9 +27,9 @@ class Frame:
     emitters the camera sees directly, lights and the environment: nonzero
     wherever any aux sample of the pixel hit one.
 
-    ``specular`` (H x W x 3, aux pass) is what a perfect mirror would show on
-    surfaces with a glossy or smooth lobe, 0 elsewhere (``aux.specular_guide``):
-    the edges of a reflection, without noise.
+    ``specular`` (H x W x 3, from ``guide.py``'s pass) is what a perfect mirror
+    would show on surfaces with a glossy or smooth lobe, 0 elsewhere: the edges
+    of a reflection, without noise. None when the run asked for no guide.
 
     ``lobes`` is the scene's table of view-dependent lobe widths in radians,
     indexed by the shape index (``renderer.lobes``): inf for diffuse shapes,
