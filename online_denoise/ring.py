@@ -9,6 +9,13 @@ Under temporal reuse a ring with ``edge_targets`` stores 6 more: each render's
 training target, its running mean but its own new samples at edges (84 MiB),
 and a ring for a network that reads the specular guide stores its 3 channels.
 
+Crops are drawn uniformly, or, with ``focus``, that share of them centred on a
+16 x 16 block drawn in proportion to the noise left in it: the squared
+difference of the two renders, tonemapped. The renders are independent
+estimates of one image, so where they differ most is where the denoiser has the
+most to do: on glossy-metals, the reflections on the balls, which temporal reuse
+keeps short, rather than the sky and the floor, which are a third of the frame.
+
 The producer never waits for the trainer: a push claims the oldest slot and
 overwrites it. Both sides hold the lock only for O(1) bookkeeping, never while
 copying pixels (a sampler copying under the lock starved the producer in the
@@ -27,10 +34,13 @@ from dataclasses import dataclass
 import torch
 
 from .arrays import to_chw
+from .color import get_transfer
 from .features import edge_mask, emitter_mask, finite
 
 # Edge targets take the new samples only where the running mean spans at least this many frames.
 EDGE_TARGET_HISTORY = 8
+# Side of the blocks whose noise focused crops are drawn by: 256 blocks at 256^2, a cheap map to draw from.
+FOCUS_BLOCK = 16
 
 
 @dataclass
@@ -50,14 +60,18 @@ class TrainBatch:
 class RingBuffer:
     def __init__(self, capacity: int, height: int, width: int, device: torch.device | str = "cpu", seed: int = 0,
                  renders: int = 2, with_target: bool = False, edge_targets: bool = False,
-                 with_specular: bool = False):
+                 with_specular: bool = False, focus: float = 0.0):
         if capacity < 1:
             raise ValueError(f"ring capacity must be at least 1, got {capacity}")
         if renders not in (1, 2):
             raise ValueError(f"renders per frame must be 1 or 2, got {renders}")
         if edge_targets and (renders != 2 or with_target):
             raise ValueError("edge targets are the other render's samples: they need two renders and no clean one")
+        if not 0.0 <= focus <= 1.0:
+            raise ValueError(f"crop focus {focus}: expected a share of the crops between 0 and 1")
         self.capacity, self.height, self.width = capacity, height, width
+        # The share of crops drawn by noise; it needs the two renders to measure that noise.
+        self.focus = focus if renders == 2 else 0.0
         self.renders, self.with_target = renders, with_target
         self.device = torch.device(device)
         shape = (capacity, 3, height, width)
@@ -83,6 +97,9 @@ class RingBuffer:
         # Pixel values replaced by 0 on the way in, over the whole session. Counted on the ring's device and
         # read only when asked: reading it at every push would wait for the GPU, the trainer's work included.
         self._nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)
+        # Per slot, with focus: the running sum of its blocks' noise in row-major order (on the CPU, where
+        # the sampler draws), and the blocks in a row.
+        self._noise: list[tuple[torch.Tensor, int] | None] = [None] * capacity
 
     @staticmethod
     def bytes_for(capacity: int, height: int, width: int, renders: int = 2, with_target: bool = False,
@@ -171,10 +188,18 @@ class RingBuffer:
             x = to_chw(src, self.device)[0]
             self._nonfinite += (~torch.isfinite(x)).sum()
             dst[slot].copy_(finite(x))
+        noise = self._block_noise(slot) if self.focus > 0 else None
         with self._lock:
             self.exposure[slot] = float(exposure)
             self._seq[slot] = seq
+            self._noise[slot] = noise
         return seq
+
+    def _block_noise(self, slot: int) -> tuple[torch.Tensor, int]:
+        tonemap = get_transfer("paper").forward
+        diff = (tonemap(self.color_a[slot]) - tonemap(self.color_b[slot])).square().mean(0, keepdim=True)
+        blocks = torch.nn.functional.avg_pool2d(diff[None], FOCUS_BLOCK, ceil_mode=True)[0, 0]
+        return blocks.flatten().double().cpu().cumsum(0), blocks.shape[1]
 
     def sample(self, batch: int, crop: int, max_tries: int = 8) -> TrainBatch | None:
         """Random crops from random stored frames, each in a random direction (a->b or b->a).
@@ -213,6 +238,9 @@ class RingBuffer:
     def _copy_crop(self, slot: int, ch: int, cw: int) -> tuple[torch.Tensor, ...]:
         rng = self._rng
         y, x = rng.randint(0, self.height - ch), rng.randint(0, self.width - cw)
+        noise = self._noise[slot]  # a push that tears this crop also replaces it: the crop is then redrawn
+        if noise is not None and rng.random() < self.focus and float(noise[0][-1]) > 0:
+            y, x = self._focused_corner(noise, ch, cw)
         win = (slot, slice(None), slice(y, y + ch), slice(x, x + cw))
         a, span = self.color_a[win], self.frames_a[win]
         b = self.color_b[win] if self.color_b is not None else None
@@ -225,3 +253,13 @@ class RingBuffer:
         return (a.clone(), None if target is None else target.clone(), self.albedo[win].clone(),
                 self.normal[win].clone(), self.emitter[win].clone(), span.clone(),
                 None if self.specular is None else self.specular[win].clone())
+
+    def _focused_corner(self, noise: tuple[torch.Tensor, int], ch: int, cw: int) -> tuple[int, int]:
+        """The corner of a crop centred on a random pixel of a block drawn in proportion to its noise."""
+        rng = self._rng
+        cumulative, per_row = noise
+        draw = torch.tensor([rng.random() * float(cumulative[-1])], dtype=torch.float64)
+        by, bx = divmod(min(int(torch.searchsorted(cumulative, draw)), cumulative.numel() - 1), per_row)
+        cy = by * FOCUS_BLOCK + rng.randint(0, FOCUS_BLOCK - 1)
+        cx = bx * FOCUS_BLOCK + rng.randint(0, FOCUS_BLOCK - 1)
+        return min(max(cy - ch // 2, 0), self.height - ch), min(max(cx - cw // 2, 0), self.width - cw)

@@ -195,7 +195,8 @@ class Session:
         edge_targets = (config.temporal.enabled and config.temporal.raw_edge_targets and rc.renders == 2
                         and not with_target)
         self.ring = RingBuffer(config.ring_capacity, h, w, device, renders=rc.renders, with_target=with_target,
-                               edge_targets=edge_targets, with_specular="specular" in config.features.features)
+                               edge_targets=edge_targets, with_specular="specular" in config.features.features,
+                               focus=config.train.crop_focus)
         self.trainer = Trainer(model, config.features, self.ring, config.train, device, config.precision)
         self.denoiser = Denoiser(model_config, config.features, device, config.precision)
         self.reuse = TemporalReuse(config.temporal, device) if config.temporal.enabled else None

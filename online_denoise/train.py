@@ -64,7 +64,7 @@ def train_offline(renderers: list, model_config: ModelConfig, spec: FeatureSpec,
                   init_state: dict | None = None) -> Path:
     h, w = renderers[0].shape
     ring = RingBuffer(len(renderers) * options.frames_per_scene, h, w, device, seed=1,
-                      with_specular="specular" in spec.features)
+                      with_specular="specular" in spec.features, focus=train.crop_focus)
     render_dataset(renderers, options.frames_per_scene, ring, options.spp_mix)
     model = build_model(model_config, spec.transfer)
     if init_state is not None:

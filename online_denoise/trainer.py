@@ -45,6 +45,9 @@ class TrainConfig:
     eps: float = 1e-8
     batch: int = 4  # crops per step
     crop: int = 128  # crop side in pixels (clipped to the frame)
+    # The share of crops centred where the two renders differ most, drawn in proportion to that noise
+    # (ring.py); the rest are uniform. 0: all uniform.
+    crop_focus: float = 0.0
     steps_per_frame: int = 1  # k steps after each new frame...
     budget_ms: float | None = None  # ...or, when set, as many steps as fit in this many ms per frame
     # Where the steps run. "thread": a trainer thread, overlapping the next render (a GPU, or many
@@ -82,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"lr_end {self.lr_end}: expected a positive learning rate")
         if self.lr_decay_steps < 1:
             raise ValueError(f"lr_decay_steps {self.lr_decay_steps}: expected at least 1 step")
+        if not 0.0 <= self.crop_focus <= 1.0:
+            raise ValueError(f"--crop-focus {self.crop_focus:g}: expected a share of the crops between 0 and 1")
         if self.batch < 1 or self.crop < 1 or self.steps_per_frame < 0:
             raise ValueError(f"invalid training config {self}")
         if self.spike_ratio is not None and not 1 <= self.spike_ratio < math.inf:

@@ -16,5 +16,5 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 exec .venv/bin/online-denoise train --preset cpu --prior none \
     --scene sunlit-room,glossy-metals,fine-texture --spp 2 --frames-per-scene 48 --steps 6000 \
-    --aux-spp 2 --spike-clip 0 --firefly-clamp 0 \
+    --aux-spp 2 --spike-clip 0 --firefly-clamp 0 --crop-focus 0 \
     --torch-threads 1 --out online_denoise/priors/cpu.pt "$@"

@@ -117,6 +117,15 @@ def test_spike_clip_flag():
             resolved("--spike-clip", bad)
 
 
+def test_crop_focus_flag():
+    assert resolved().train.crop_focus == 1.0  # the cpu preset centres every crop by noise
+    assert resolved("--preset", "paper").train.crop_focus == 0.0
+    assert resolved("--crop-focus", "0.25").to_dict()["train"]["crop_focus"] == 0.25
+    for bad in ("1.5", "-0.1", "nan"):
+        with pytest.raises(UserError, match=f"--crop-focus {bad}: expected a share of the crops between 0 and 1"):
+            resolved("--crop-focus", bad)
+
+
 def test_learning_rate_schedule_flags():
     assert resolved().train.lr_end is None  # the presets keep one rate
     train = resolved("--lr", "2e-3", "--lr-end", "4e-4", "--lr-decay-steps", "150").train

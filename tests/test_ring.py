@@ -192,3 +192,45 @@ def test_edge_targets_need_two_renders_and_no_clean_one():
         RingBuffer(1, 8, 8, renders=1, edge_targets=True)
     with pytest.raises(ValueError, match="two renders"):
         RingBuffer(1, 8, 8, with_target=True, edge_targets=True)
+
+
+def noisy_corner_frame(h=64, w=64, side=16):
+    """Two renders that agree everywhere but in the bottom-left side x side block, which is bright and noisy."""
+    rng = np.random.default_rng(0)
+    a = np.full((h, w, 3), 0.5, np.float32)
+    b = a.copy()
+    a[h - side:, :side] = 4 + rng.random((side, side, 3), dtype=np.float32)
+    b[h - side:, :side] = 4 + rng.random((side, side, 3), dtype=np.float32)
+    return SimpleNamespace(color_a=a, color_b=b, albedo=np.zeros_like(a), normal=np.zeros_like(a))
+
+
+def share_of_crops_on_the_noise(ring, draws=40, batch=8):
+    batches = [ring.sample(batch, 16) for _ in range(draws)]
+    return sum(int((b.input.amax(dim=(1, 2, 3)) > 1).sum()) for b in batches) / (draws * batch)
+
+
+def test_focused_crops_are_drawn_where_the_two_renders_differ():
+    uniform, half, focused = (RingBuffer(2, 64, 64, seed=3, focus=f) for f in (0.0, 0.5, 1.0))
+    for ring in (uniform, half, focused):
+        ring.push(noisy_corner_frame())
+    # A uniform 16^2 crop touches the 16^2 block from 16 of the 49 corners along each axis: 11%.
+    assert share_of_crops_on_the_noise(uniform) < 0.25
+    assert share_of_crops_on_the_noise(focused) == 1.0
+    assert 0.4 < share_of_crops_on_the_noise(half) < 0.75
+
+
+def test_focus_falls_back_to_uniform_crops_where_the_renders_agree():
+    ring = RingBuffer(1, 64, 64, seed=0, focus=1.0)
+    ramp = np.repeat(np.linspace(0, 1, 64, dtype=np.float32)[None, :, None], 64, 0).repeat(3, 2)
+    ring.push(SimpleNamespace(color_a=ramp, color_b=ramp.copy(), albedo=ramp, normal=ramp))
+    corners = {float(ring.sample(1, 16).input[0, 0, 0, 0]) for _ in range(40)}
+    assert len(corners) > 10  # no noise anywhere to draw by: crops still spread over the frame
+
+
+def test_focus_is_a_share_and_needs_two_renders():
+    with pytest.raises(ValueError, match="crop focus"):
+        RingBuffer(2, 8, 8, focus=1.5)
+    single = RingBuffer(2, 16, 16, renders=1, focus=1.0)
+    single.push(SimpleNamespace(color_a=np.ones((16, 16, 3), np.float32), albedo=np.zeros((16, 16, 3), np.float32),
+                                normal=np.zeros((16, 16, 3), np.float32)))
+    assert single.focus == 0.0 and single.sample(2, 8).input.shape == (2, 3, 8, 8)

@@ -37,6 +37,18 @@ def test_step_records_stages_and_trains(tiny_renderer):
         s.close()
 
 
+def test_focused_crops_train_on_the_live_renders(tiny_renderer):
+    s = Session(tiny_renderer, config(crop_focus=1.0, schedule="inline"))
+    try:
+        for i in range(4):
+            r = s.step(tiny_renderer.path.pose(i * 0.1))
+        assert s.ring.focus == 1.0 and r.steps == 4
+        # Every pushed frame carries its map of noise to draw crops by: the renders of a pair differ.
+        assert all(noise is not None and float(noise[0][-1]) > 0 for noise in s.ring._noise)
+    finally:
+        s.close()
+
+
 def test_pair_mean_still_estimates_the_error_every_few_frames(tiny_renderer):
     s = Session(tiny_renderer, SessionConfig(MODEL, FeatureSpec(), TrainConfig(crop=32, batch=2), "cpu", 4,
                                              train_enabled=False, pair="mean", estimate_every=3))
