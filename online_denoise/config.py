@@ -35,7 +35,8 @@ SPIKE_RATIO = 4.0
 TARGET_CLIP = 64.0
 # Every training crop centred where the two renders differ most (ring.py). 401 frames from the prior,
 # --rr-depth 0, frames 100-400 against runs without, two paths of seeds: glossy-metals +0.32 and +0.20 dB
-# (7 of 8 frames better, FLIP better at 6), sunlit-room -0.08 and +0.01, cornell-box +0.11; no frame cost.
+# (7 of 8 frames better, FLIP better at 6), sunlit-room -0.08 and +0.01, cornell-box +0.11. Its noise map
+# costs 1.6 ms a frame.
 CROP_FOCUS = 1.0
 
 
@@ -309,11 +310,8 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     spike = getattr(args, "spike_clip", None)
     if spike is not None and not (spike == 0 or 1 <= spike < float("inf")):
         raise UserError(f"--spike-clip {spike:g}: expected 0 (off) or a ratio of at least 1")
-    focus = getattr(args, "crop_focus", None)
-    if focus is not None and not 0 <= focus <= 1:
-        raise UserError(f"--crop-focus {focus:g}: expected a share of the crops between 0 and 1")
     overrides = {k: v for k, v in {
-        "crop_focus": focus,
+        "crop_focus": getattr(args, "crop_focus", None),
         "loss": loss, "lr": args.lr, "lr_end": lr_end, "lr_decay_steps": decay, "steps_per_frame": args.steps_per_frame,
         "budget_ms": args.train_budget_ms, "schedule": getattr(args, "train_schedule", None), "crop": args.crop,
         "batch": args.batch, "target": target,
