@@ -36,7 +36,7 @@ TARGET_CLIP = 64.0
 # Every training crop centred where the two renders differ most (ring.py). 401 frames from the prior,
 # --rr-depth 0, frames 100-400 against runs without, two paths of seeds: glossy-metals +0.32 and +0.20 dB
 # (7 of 8 frames better, FLIP better at 6), sunlit-room -0.08 and +0.01, cornell-box +0.11. Its noise map
-# costs 1.6 ms a frame.
+# costs about 2 ms a frame.
 CROP_FOCUS = 1.0
 
 

@@ -27,6 +27,7 @@ meantime. So a crop never mixes two frames, and a push never waits on a copy.
 
 from __future__ import annotations
 
+import bisect
 import random
 import threading
 from dataclasses import dataclass
@@ -97,9 +98,8 @@ class RingBuffer:
         # Pixel values replaced by 0 on the way in, over the whole session. Counted on the ring's device and
         # read only when asked: reading it at every push would wait for the GPU, the trainer's work included.
         self._nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)
-        # Per slot, with focus: the running sum of its blocks' noise in row-major order (on the CPU, where
-        # the sampler draws), and the blocks in a row.
-        self._noise: list[tuple[torch.Tensor, int] | None] = [None] * capacity
+        # Per slot, with focus: the running sum of its blocks' noise in row-major order, and the blocks in a row.
+        self._noise: list[tuple[list[float], int] | None] = [None] * capacity
 
     @staticmethod
     def bytes_for(capacity: int, height: int, width: int, renders: int = 2, with_target: bool = False,
@@ -195,11 +195,11 @@ class RingBuffer:
             self._noise[slot] = noise
         return seq
 
-    def _block_noise(self, slot: int) -> tuple[torch.Tensor, int]:
+    def _block_noise(self, slot: int) -> tuple[list[float], int]:
         tonemap = get_transfer("paper").forward
         diff = (tonemap(self.color_a[slot]) - tonemap(self.color_b[slot])).square().mean(0, keepdim=True)
         blocks = torch.nn.functional.avg_pool2d(diff[None], FOCUS_BLOCK, ceil_mode=True)[0, 0]
-        return blocks.flatten().double().cpu().cumsum(0), blocks.shape[1]
+        return blocks.flatten().double().cumsum(0).tolist(), blocks.shape[1]
 
     def sample(self, batch: int, crop: int, max_tries: int = 8) -> TrainBatch | None:
         """Random crops from random stored frames, each in a random direction (a->b or b->a).
@@ -239,7 +239,7 @@ class RingBuffer:
         rng = self._rng
         y, x = rng.randint(0, self.height - ch), rng.randint(0, self.width - cw)
         noise = self._noise[slot]  # a push that tears this crop also replaces it: the crop is then redrawn
-        if noise is not None and rng.random() < self.focus and float(noise[0][-1]) > 0:
+        if noise is not None and rng.random() < self.focus and noise[0][-1] > 0:
             y, x = self._focused_corner(noise, ch, cw)
         win = (slot, slice(None), slice(y, y + ch), slice(x, x + cw))
         a, span = self.color_a[win], self.frames_a[win]
@@ -254,12 +254,12 @@ class RingBuffer:
                 self.normal[win].clone(), self.emitter[win].clone(), span.clone(),
                 None if self.specular is None else self.specular[win].clone())
 
-    def _focused_corner(self, noise: tuple[torch.Tensor, int], ch: int, cw: int) -> tuple[int, int]:
+    def _focused_corner(self, noise: tuple[list[float], int], ch: int, cw: int) -> tuple[int, int]:
         """The corner of a crop centred on a random pixel of a block drawn in proportion to its noise."""
         rng = self._rng
         cumulative, per_row = noise
-        draw = torch.tensor([rng.random() * float(cumulative[-1])], dtype=torch.float64)
-        by, bx = divmod(min(int(torch.searchsorted(cumulative, draw)), cumulative.numel() - 1), per_row)
+        block = bisect.bisect_left(cumulative, rng.random() * cumulative[-1])
+        by, bx = divmod(min(block, len(cumulative) - 1), per_row)
         cy = by * FOCUS_BLOCK + rng.randint(0, FOCUS_BLOCK - 1)
         cx = bx * FOCUS_BLOCK + rng.randint(0, FOCUS_BLOCK - 1)
         return min(max(cy - ch // 2, 0), self.height - ch), min(max(cx - cw // 2, 0), self.width - cw)

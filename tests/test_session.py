@@ -44,7 +44,7 @@ def test_focused_crops_train_on_the_live_renders(tiny_renderer):
             r = s.step(tiny_renderer.path.pose(i * 0.1))
         assert s.ring.focus == 1.0 and r.steps == 4
         # Every pushed frame carries its map of noise to draw crops by: the renders of a pair differ.
-        assert all(noise is not None and float(noise[0][-1]) > 0 for noise in s.ring._noise)
+        assert all(noise is not None and noise[0][-1] > 0 for noise in s.ring._noise)
     finally:
         s.close()
 
