@@ -125,8 +125,16 @@ def _starting_weights(args, run):
     prior = load_checkpoint(path)
     # The firefly clamp and demodulation only change what the kernels filter, not the network's inputs,
     # so a prior serves a run with either setting.
-    spec = replace(prior.spec, firefly=run.features.firefly, demodulate=run.features.demodulate)
-    if prior.model_config != run.model or spec != run.features:
+    prior.spec = replace(prior.spec, firefly=run.features.firefly, demodulate=run.features.demodulate)
+    if prior.spec != run.features:
+        # A run that reads more features than the prior starts from it all the same, with zero weights on the
+        # new inputs: from random weights it would throw away the prior's whole head start.
+        added = [f for f in run.features.features if f not in prior.spec.features]
+        prior = prior.widened(run.features)
+        if prior is not None and prior.model_config == run.model:
+            print(f"online-denoise: starting from the {run.preset.name} prior, its input widened with zero "
+                  f"weights for {', '.join(added)}", file=sys.stderr)
+    if prior is None or prior.model_config != run.model:
         print(f"online-denoise: the {run.preset.name} prior does not fit this network or feature set; "
               f"starting from random weights", file=sys.stderr)
         return None

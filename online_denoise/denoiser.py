@@ -9,7 +9,7 @@ the benchmark all go through ``Denoiser``.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +18,10 @@ import torch
 from .arrays import pad_to, to_chw, to_hwc_numpy
 from .color import autoexposure
 from .errors import UserError
-from .features import (FeatureSpec, background_mask, build_input, emitter_mask, finite, mean_frames,
-                       suppress_fireflies)
+from .features import (FeatureSpec, added_channels, background_mask, build_input, emitter_mask, finite,
+                       mean_frames, suppress_fireflies)
 from .files import atomic_write
-from .model import ModelConfig, build_model
+from .model import ModelConfig, build_model, widen_inputs
 from .precision import Precision
 
 CHECKPOINT_FORMAT = "online_denoise.checkpoint"
@@ -294,6 +294,17 @@ class Checkpoint:
         d = Denoiser(self.model_config, self.spec, device, precision)
         d.load_weights(self.state_dict, int(self.meta.get("weight_version", 0)))
         return d
+
+    def widened(self, spec: FeatureSpec) -> "Checkpoint | None":
+        """These weights for a network that also reads the features ``spec`` adds, with zero weights on them,
+        so it starts out computing exactly what this one does; None where ``spec`` is not this checkpoint's
+        features plus others (``features.added_channels``) or the network's input cannot be widened."""
+        added = added_channels(self.spec, spec)
+        if added is None or self.model_config.arch != "unet":
+            return None
+        config = replace(self.model_config, in_channels=spec.channels)
+        state = widen_inputs(self.state_dict, self.model_config, added, spec.channels)
+        return Checkpoint(config, spec, state, {**self.meta, "widened_from": list(self.spec.features)})
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, model_config: ModelConfig,

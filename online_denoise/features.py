@@ -72,6 +72,22 @@ class FeatureSpec:
         return f"{'+'.join(self.features)} ({self.transfer} transfer, exposure {self.exposure}{clamp}{demod})"
 
 
+def added_channels(old: FeatureSpec, new: FeatureSpec) -> list[int] | None:
+    """The input channels of ``new`` that ``old`` has no feature for, or None where ``new`` drops one of
+    old's features, reorders them or changes how the colour is read (transfer, exposure)."""
+    if (old.transfer, old.exposure) != (new.transfer, new.exposure):
+        return None
+    kept = [f for f in new.features if f in old.features]
+    if kept != list(old.features):
+        return None
+    added, start = [], 0
+    for name in new.features:
+        if name not in old.features:
+            added.extend(range(start, start + FEATURE_CHANNELS[name]))
+        start += FEATURE_CHANNELS[name]
+    return added
+
+
 def finite(x: torch.Tensor) -> torch.Tensor:
     """NaN and +-Inf become 0: a firefly that overflowed carries no usable estimate."""
     return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)

@@ -315,5 +315,29 @@ def light_ring(emitter: torch.Tensor) -> torch.Tensor:
     return dilate3(emitter) * (1.0 - emitter)
 
 
+def widen_inputs(state_dict: dict, config: ModelConfig, new_channels: list[int], in_channels: int) -> dict:
+    """A U-Net's weights for an input of ``in_channels``, the channels at ``new_channels`` (in the new input's
+    order) added with zero weights, and the old ones, in their order, at the remaining places.
+
+    The input enters two convolutions, the first one and, as the last skip, the full-resolution decoder's
+    (after the upsampled decoder channels). With zeros there, the widened network computes exactly what
+    the old one did, whatever the new channels hold, and training then learns how much to use them.
+    """
+    if config.arch != "unet":
+        raise ValueError(f"only the unet's inputs can be widened, not a {config.arch} net's")
+    old = [c for c in range(in_channels) if c not in set(new_channels)]
+    if len(old) != config.in_channels or not all(0 <= c < in_channels for c in new_channels):
+        raise ValueError(f"{config.in_channels} input channels plus {len(set(new_channels))} new ones "
+                         f"do not make {in_channels}")
+    out = dict(state_dict)
+    for key, offset in (("enc_conv0.weight", 0), ("dec1.0.weight", state_dict["dec1.0.weight"].shape[1] - len(old))):
+        w = state_dict[key]
+        wide = w.new_zeros(w.shape[0], offset + in_channels, *w.shape[2:])
+        wide[:, :offset] = w[:, :offset]
+        wide[:, [offset + c for c in old]] = w[:, offset:]
+        out[key] = wide
+    return out
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -42,6 +42,21 @@ def test_the_shipped_prior_fits_the_cpu_preset_whatever_its_firefly_clamp_or_dem
     assert "does not fit" in capsys.readouterr().err
 
 
+def test_a_run_with_more_features_starts_from_the_prior_widened_and_a_run_with_fewer_does_not(capsys):
+    from online_denoise.cli import _starting_weights
+    from online_denoise.model import build_model
+
+    args = _parser().parse_args(["bench", "--preset", "cpu", "--features", "color,albedo,normal,specular"])
+    run = resolve(args, torch.device("cpu"))
+    prior = _starting_weights(args, run)
+    assert prior is not None and prior.model_config == run.model and prior.spec == run.features
+    assert "widened with zero weights for specular" in capsys.readouterr().err
+    build_model(run.model).load_state_dict(prior.state_dict)  # the session's network takes the weights as they are
+    args = _parser().parse_args(["bench", "--preset", "cpu", "--features", "color,normal"])
+    assert _starting_weights(args, resolve(args, torch.device("cpu"))) is None
+    assert "does not fit" in capsys.readouterr().err
+
+
 def test_pair_flag_overrides_the_preset():
     assert resolved("--pair", "both").session_config("cpu", 16).pair == "both"
     args = _parser().parse_args(["bench", "--preset", "gpu"])

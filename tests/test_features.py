@@ -138,3 +138,15 @@ def test_the_specular_guide_enters_through_the_colour_transfer_and_is_zero_when_
     torch.testing.assert_close(x[:, :9], build_input(FeatureSpec(), color, albedo, normal))
     # An image from a file has no guide: what a diffuse surface has.
     assert build_input(spec, color, albedo, normal)[:, 9:12].abs().max() == 0
+
+
+def test_added_channels_are_where_the_new_features_sit_and_dropping_or_reordering_is_refused():
+    from online_denoise.features import added_channels
+
+    base = FeatureSpec(("color", "albedo", "normal"))
+    assert added_channels(base, base) == []
+    assert added_channels(base, FeatureSpec(("color", "albedo", "normal", "specular"))) == [9, 10, 11]
+    assert added_channels(base, FeatureSpec(("color", "history", "albedo", "normal"))) == [3]
+    assert added_channels(base, FeatureSpec(("color", "albedo"))) is None
+    assert added_channels(base, FeatureSpec(("color", "normal", "albedo"))) is None
+    assert added_channels(base, FeatureSpec(("color", "albedo", "normal"), transfer="log")) is None

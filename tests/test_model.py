@@ -290,3 +290,26 @@ def test_demodulation_leaves_lights_alone():
     assert demod.max() <= 30.0 * 1.01 and plain.max() <= 30.0 * 1.01
     light = emitter.bool().expand_as(color)
     torch.testing.assert_close(demod[light], plain[light], rtol=0.05, atol=0.5)
+
+
+def test_a_widened_input_computes_what_the_narrow_net_did_whatever_the_new_channels_hold():
+    from online_denoise.model import widen_inputs
+
+    torch.manual_seed(3)
+    config = ModelConfig(in_channels=9, width=8, depth=3, output="kpn", kernel_size=3, scales=2)
+    narrow = UNet(config).eval()
+    # Channels 3-5 and 12 are new: the old 9 keep their order around them.
+    wide_config = ModelConfig(in_channels=13, width=8, depth=3, output="kpn", kernel_size=3, scales=2)
+    wide = UNet(wide_config).eval()
+    wide.load_state_dict(widen_inputs(narrow.state_dict(), config, [3, 4, 5, 12], 13))
+    x, color = torch.rand(2, 9, 32, 32), torch.rand(2, 3, 32, 32)
+    extra = torch.rand(2, 4, 32, 32) * 10
+    x_wide = torch.cat([x[:, :3], extra[:, :3], x[:, 3:], extra[:, 3:]], dim=1)
+    with torch.no_grad():  # equal but for the order of the sums over input channels
+        torch.testing.assert_close(wide(x_wide, color), narrow(x, color), rtol=0, atol=1e-6)
+    # Training may then use the new inputs: they reach the output once their weights move.
+    wide.enc_conv0.weight.data[:, 3].fill_(0.5)
+    with torch.no_grad():
+        assert (wide(x_wide, color) - narrow(x, color)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="do not make 12"):
+        widen_inputs(narrow.state_dict(), config, [3, 4], 12)
