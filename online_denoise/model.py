@@ -325,9 +325,10 @@ def widen_inputs(state_dict: dict, config: ModelConfig, new_channels: list[int],
     """
     if config.arch != "unet":
         raise ValueError(f"only the unet's inputs can be widened, not a {config.arch} net's")
-    old = [c for c in range(in_channels) if c not in set(new_channels)]
-    if len(old) != config.in_channels or not all(0 <= c < in_channels for c in new_channels):
-        raise ValueError(f"{config.in_channels} input channels plus {len(set(new_channels))} new ones "
+    new = set(new_channels)
+    old = [c for c in range(in_channels) if c not in new]
+    if len(old) != config.in_channels or not all(0 <= c < in_channels for c in new):
+        raise ValueError(f"{config.in_channels} input channels plus {len(new)} new ones "
                          f"do not make {in_channels}")
     out = dict(state_dict)
     for key, offset in (("enc_conv0.weight", 0), ("dec1.0.weight", state_dict["dec1.0.weight"].shape[1] - len(old))):
