@@ -304,7 +304,7 @@ class Checkpoint:
             return None
         config = replace(self.model_config, in_channels=spec.channels)
         state = widen_inputs(self.state_dict, self.model_config, added, spec.channels)
-        return Checkpoint(config, spec, state, {**self.meta, "widened_from": list(self.spec.features)})
+        return Checkpoint(config, spec, state, dict(self.meta))
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, model_config: ModelConfig,
