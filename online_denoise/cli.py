@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     g = bench.add_argument_group("benchmark")
     g.add_argument("--frames", type=int, default=300, help="frames of the live loop (default 300)")
     g.add_argument("--seconds", type=float, default=None, help="stop the live loop after this much wall-clock time")
+    g.add_argument("--final-window", type=float, default=10.0, metavar="S",
+                   help="with --seconds, also judge about 6 frames of the run's last S seconds and report their "
+                        "mean, since one frame's quality swings by a dB from frame to frame (default 10; 0: only "
+                        "the last frame)")
     g.add_argument("--every", type=int, default=30, help="judge every K-th frame (default 30)")
     g.add_argument("--warmup", type=int, default=5, help="first frames reported apart (default 5)")
     g.add_argument("--reference-spp", type=int, default=1024, help="spp of the references (default 1024)")
@@ -195,6 +199,8 @@ def _cmd_bench(args) -> int:
     _check_positive(frames=args.frames, every=args.every, reference_spp=args.reference_spp, seconds=args.seconds)
     if args.warmup < 0 or args.static_frames < 0:
         raise UserError("--warmup and --static-frames must not be negative")
+    if not args.final_window >= 0:  # also refuses nan
+        raise UserError(f"--final-window {args.final_window}: expected seconds, 0 or more")
     scenes = [s for s in args.scene.split(",") if s]
     targets = [t for t in args.target.split(",") if t]
     from renderer import resolve_scene
@@ -245,7 +251,7 @@ def _bench_one(args, out: Path, label: str) -> dict:
     options = BenchOptions(out=out, frames=args.frames, seconds=args.seconds, every=args.every, warmup=args.warmup,
                            reference_spp=args.reference_spp, cache_dir=args.cache_dir,
                            static_frames=args.static_frames, path_fps=args.path_fps, window=args.window,
-                           label=label, config=config, oidn=not args.no_oidn)
+                           label=label, config=config, oidn=not args.no_oidn, final_window=args.final_window)
     try:
         return run_bench(session, options)
     finally:

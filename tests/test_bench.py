@@ -123,7 +123,7 @@ def test_compare_refuses_files_that_are_not_reports(cli, tmp_path):
 
 def test_seconds_stops_the_loop(cli, tmp_path):
     proc = cli("bench", "--res", "32", "--spp", "1", "--frames", "100000", "--every", "50000", "--seconds", "3",
-               "--history", "1", "--reference-spp", "16", "--static-frames", "0", "--cache-dir", tmp_path / "c", "--out", tmp_path / "o")
+               "--final-window", "2", "--history", "1", "--reference-spp", "16", "--static-frames", "0", "--cache-dir", tmp_path / "c", "--out", tmp_path / "o")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert 1 <= report["frames"] < 100000 and report["loop_seconds"] < 20
@@ -132,6 +132,34 @@ def test_seconds_stops_the_loop(cli, tmp_path):
     assert report["final"]["ours"]["frame"] == report["frames"] - 1 > 0
     assert report["final"]["ours"]["seconds"] <= report["loop_seconds"]
     assert "reused" not in report["final"] and "reuse" not in report["timing"]["steady"]  # --history 1: no reuse
+    # the final window: several frames of the last 2 s, the last frame among them, averaged per method
+    window = report["final_window"]
+    assert window["seconds"] == 2 and window["frames"][-1] == report["frames"] - 1 and len(window["frames"]) >= 3
+    rows = {(q["frame"], q["method"]): q for q in _quality_rows(tmp_path / "o")}
+    assert all(rows[f, "ours"]["seconds"] >= 1.0 for f in window["frames"])
+    mean = sum(rows[f, "ours"]["psnr"] for f in window["frames"]) / len(window["frames"])
+    assert abs(window["methods"]["ours"]["psnr"] - mean) < 1e-9
+    assert "mean over the last 2 s" in proc.stdout
+
+
+def _quality_rows(out):
+    import csv
+
+    return [{**r, "frame": int(r["frame"]), **{k: float(r[k]) for k in ("seconds", "psnr")}}
+            for r in csv.DictReader(open(out / "quality.csv"))]
+
+
+def test_final_window_stride_spreads_its_frames_over_the_window():
+    from online_denoise.bench import window_stride
+
+    assert window_stride(frames=240, elapsed=120.0, window=10.0, count=6) == 3  # 20 frames in 10 s, 6 judged
+    assert window_stride(frames=10, elapsed=120.0, window=10.0) == 1  # fewer frames than judgements: every one
+    assert window_stride(frames=1, elapsed=0.0, window=10.0) == 1
+
+
+def test_final_window_flag_refuses_negative_seconds(cli, tmp_path):
+    assert_clean_error(cli("bench", "--seconds", "5", "--final-window", "-1", "--out", tmp_path / "o"),
+                       "--final-window", "seconds")
 
 
 def test_reference_command_renders_then_reuses(cli, tmp_path):
