@@ -358,6 +358,11 @@ def _f(v, fmt: str) -> str:
     return "-" if v is None or (isinstance(v, float) and v != v) else format(v, fmt)
 
 
+def _quality_row(method: str, q: dict) -> str:
+    return (f"{method:<11} {_f(q['psnr'], '8.2f')} {_f(q['relmse'], '9.4f')} {_f(q['ssim'], '7.4f')} "
+            f"{_f(q['flip'], '7.4f')}")
+
+
 def table(report: dict) -> str:
     lines = []
     cfg = report.get("config", {})
@@ -381,8 +386,7 @@ def table(report: dict) -> str:
         lines.append(f"{'method':<11} {'PSNR dB':>8} {'relMSE':>9} {'SSIM':>7} {'FLIP':>7} {'flicker':>8}")
         temporal = report.get("temporal", {})
         for m, q in final.items():
-            lines.append(f"{m:<11} {_f(q['psnr'], '8.2f')} {_f(q['relmse'], '9.4f')} {_f(q['ssim'], '7.4f')} "
-                         f"{_f(q['flip'], '7.4f')} {_f(temporal.get(m), '8.4f')}")
+            lines.append(f"{_quality_row(m, q)} {_f(temporal.get(m), '8.4f')}")
         if temporal:
             lines.append(f"{'reference':<11} {'':>8} {'':>9} {'':>7} {'':>7} {_f(temporal.get('reference'), '8.4f')}"
                          f"   (flicker: mean |frame-to-frame change| over {temporal['frames']} still frames)")
@@ -391,9 +395,7 @@ def table(report: dict) -> str:
         frames = window["frames"]
         lines.append(f"mean over the last {window['seconds']:g} s ({len(frames)} frames judged, "
                      f"{frames[0]}-{frames[-1]}):")
-        for m, q in window["methods"].items():
-            lines.append(f"{m:<11} {_f(q['psnr'], '8.2f')} {_f(q['relmse'], '9.4f')} {_f(q['ssim'], '7.4f')} "
-                         f"{_f(q['flip'], '7.4f')}")
+        lines.extend(_quality_row(m, q) for m, q in window["methods"].items())
     if report.get("spikes_tamed"):
         lines.append(f"training: {report['spikes_tamed']} of {report['steps']} steps had a gradient spike scaled "
                      f"down (config: spike_ratio {report['config']['train'].get('spike_ratio')})")
