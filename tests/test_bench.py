@@ -122,24 +122,25 @@ def test_compare_refuses_files_that_are_not_reports(cli, tmp_path):
 
 
 def test_seconds_stops_the_loop(cli, tmp_path):
-    proc = cli("bench", "--res", "32", "--spp", "1", "--frames", "100000", "--every", "50000", "--seconds", "3",
-               "--final-window", "2", "--history", "1", "--reference-spp", "16", "--static-frames", "0", "--cache-dir", tmp_path / "c", "--out", tmp_path / "o")
+    proc = cli("bench", "--res", "32", "--spp", "1", "--frames", "100000", "--every", "50000", "--seconds", "8",
+               "--final-window", "4", "--history", "1", "--reference-spp", "16", "--static-frames", "0", "--cache-dir", tmp_path / "c", "--out", tmp_path / "o")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert 1 <= report["frames"] < 100000 and report["loop_seconds"] < 20
-    assert report["config"]["seconds"] == 3
+    assert report["config"]["seconds"] == 8
     # judged at frame 0 and where the budget stopped the loop
     assert report["final"]["ours"]["frame"] == report["frames"] - 1 > 0
     assert report["final"]["ours"]["seconds"] <= report["loop_seconds"]
     assert "reused" not in report["final"] and "reuse" not in report["timing"]["steady"]  # --history 1: no reuse
-    # the final window: several frames of the last 2 s, the last frame among them, averaged per method
+    # the final window: several frames of the last 4 s (the first frame, which compiles the kernels on a
+    # fresh machine, can take seconds), the last frame among them, averaged per method
     window = report["final_window"]
-    assert window["seconds"] == 2 and window["frames"][-1] == report["frames"] - 1 and len(window["frames"]) >= 3
+    assert window["seconds"] == 4 and window["frames"][-1] == report["frames"] - 1 and len(window["frames"]) >= 2
     rows = {(q["frame"], q["method"]): q for q in _quality_rows(tmp_path / "o")}
-    assert all(rows[f, "ours"]["seconds"] >= 1.0 for f in window["frames"])
+    assert all(rows[f, "ours"]["seconds"] >= 4.0 for f in window["frames"])
     mean = sum(rows[f, "ours"]["psnr"] for f in window["frames"]) / len(window["frames"])
     assert abs(window["methods"]["ours"]["psnr"] - mean) < 1e-9
-    assert "mean over the last 2 s" in proc.stdout
+    assert "mean over the last 4 s" in proc.stdout
 
 
 def _quality_rows(out):
