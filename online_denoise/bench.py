@@ -47,7 +47,7 @@ REUSE_METHODS = ("reused", "oidn_reused")  # only in runs with temporal reuse
 METRICS = ("psnr", "relmse", "ssim", "flip")
 STAGES = ("render", "reuse", "train", "infer", "upload", "frame")
 # Frames judged in a --seconds run's final window, besides its last one. One frame is a poor judge of
-# "quality after S seconds": on cornell-box at 2 frames/s, six judged frames 2-3 frames apart near the
+# "quality after S seconds": on cornell-box at 2 frames/s, six frames judged two apart (290-300) near the
 # 120-s mark put ours 39.0-41.9 dB and its gap to OIDN at -0.5 to +1.4 dB.
 FINAL_WINDOW_FRAMES = 6
 REPORT_FORMAT = "online_denoise.bench/1"
