@@ -80,13 +80,22 @@ def quality_plot(path: Path, report: dict, x: str = "frame") -> None:
     _save(fig, path)
 
 
+def crop_rows(frames: list[int]) -> list[int]:
+    """Indices of the first judged frame, the one nearest the run's middle, and the last.
+
+    Not the middle of the list: a --seconds run judges several frames at its end, so that would be one of them.
+    """
+    middle = min(range(len(frames)), key=lambda k: abs(frames[k] - frames[-1] / 2))
+    return sorted({0, middle, len(frames) - 1})
+
+
 def crop_grid(path: Path, judged: list, refs: dict, crop: int = 96, zoom: int = 2) -> None:
     """Rows: early, middle and last judged frames; columns: noisy | ours | OIDN (when judged) | reference.
 
     The crop is centred on where OIDN and ours disagree most with the reference,
     so the grid shows the hard part of the frame, not an easy wall.
     """
-    picks = sorted({0, len(judged) // 2, len(judged) - 1})
+    picks = crop_rows([j.frame for j in judged])
 
     def columns(j, ref):  # OIDN's column only where the run judged it (not with --no-oidn)
         return [(n, im) for n, im in (("noisy", j.noisy), ("ours", j.ours), ("OIDN", j.oidn), ("reference", ref))

@@ -158,6 +158,14 @@ def test_final_window_stride_spreads_its_frames_over_the_window():
     assert window_stride(frames=1, elapsed=0.0, window=10.0) == 1
 
 
+def test_crop_grid_rows_are_first_middle_of_the_run_and_last():
+    from online_denoise.plots import crop_rows
+
+    frames = [0, 100, 200, 280, 284, 288, 292]  # a --seconds run: its final window's frames at the end
+    assert [frames[k] for k in crop_rows(frames)] == [0, 100, 292]
+    assert crop_rows([0, 5]) == [0, 1] and crop_rows([7]) == [0]
+
+
 def test_final_window_flag_refuses_negative_seconds(cli, tmp_path):
     assert_clean_error(cli("bench", "--seconds", "5", "--final-window", "-1", "--out", tmp_path / "o"),
                        "--final-window", "seconds")
