@@ -171,7 +171,7 @@ class UNet(nn.Module):
             return x
         # Under autocast the logits arrive in bf16/fp16; softmax and filtering run in fp32.
         k = self.config.kernel_size
-        heads = [x.float()] + [head(decoded[-s]).float() for s, head in enumerate(self.scale_heads, start=1)]
+        heads = [_logits(x)] + [_logits(head(decoded[-s])) for s, head in enumerate(self.scale_heads, start=1)]
 
         def kernels(images: torch.Tensor) -> torch.Tensor:
             return apply_kernels(images, heads[0], k) if len(heads) == 1 else composite_scales(images, heads, k)
@@ -180,6 +180,19 @@ class UNet(nn.Module):
             return kernels(color.float())
         return filter_around_emitters(kernels, color.float(), None if emitter is None else emitter.float(),
                                       None if background is None else background.float())
+
+
+def _logits(x: torch.Tensor) -> torch.Tensor:
+    """Kernel logits in fp32; in inference under autocast, also in NCHW for the softmax over channels.
+
+    A softmax over the channels of a channels_last tensor is slow on the CPU: the width-16 network's
+    inference at 256^2 (bf16) took 17.4 ms at best with it, 14.8 with the one copy to fp32 NCHW first.
+    In training that copy made the step slower (bf16 46.4 -> 47.9 ms, fp32 77.3 -> 87.8), the gradient
+    coming back in NCHW to a channels_last convolution, and in fp32 inference it bought nothing.
+    """
+    if x.dtype != torch.float32 and not torch.is_grad_enabled():
+        return x.to(torch.float32, memory_format=torch.contiguous_format)
+    return x.float()
 
 
 def apply_kernels(color: torch.Tensor, logits: torch.Tensor, k: int) -> torch.Tensor:

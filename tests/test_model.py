@@ -313,3 +313,17 @@ def test_a_widened_input_computes_what_the_narrow_net_did_whatever_the_new_chann
         assert (wide(x_wide, color) - narrow(x, color)).abs().max() > 1e-3
     with pytest.raises(ValueError, match="do not make 12"):
         widen_inputs(narrow.state_dict(), config, [3, 4], 12)
+
+
+def test_inference_under_bf16_autocast_matches_training_mode_exactly():
+    # Inference reads the kernel logits through a copy to NCHW, training does not: the layout may change
+    # the softmax's order of summation, nothing more.
+    torch.manual_seed(3)
+    m = _small_kpn(scales=3).to(memory_format=torch.channels_last)
+    x = torch.rand(2, 9, 32, 32).contiguous(memory_format=torch.channels_last)
+    color = torch.rand(2, 3, 32, 32) * 4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = m(x, color)
+        with torch.no_grad():
+            inferred = m(x, color)
+    torch.testing.assert_close(inferred, trained.detach(), rtol=1e-6, atol=1e-6)
