@@ -167,6 +167,9 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
                    help="the learning rate glides from --lr towards this one (default: stays at --lr)")
     g.add_argument("--lr-decay-steps", type=int, default=None,
                    help="with --lr-end: steps over which the rate covers 1 - 1/e of the way (default 200)")
+    g.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="denoise with an exponential moving average of the weights, this decay per step; "
+                        "0 turns it off (default: off)")
     g.add_argument("--spike-clip", type=float, default=None, metavar="R",
                    help="scale down a gradient whose norm is over R x the median of the last 64 steps'; "
                         f"0 turns it off (default: preset; {SPIKE_RATIO:g} for cpu and gpu)")
@@ -307,6 +310,9 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
         raise UserError(f"--lr-end {lr_end:g}: expected a positive learning rate")
     if decay is not None and decay < 1:
         raise UserError(f"--lr-decay-steps {decay}: expected at least 1 step")
+    ema = getattr(args, "ema", None)
+    if ema is not None and not 0 <= ema < 1:
+        raise UserError(f"--ema {ema:g}: expected 0 (off) or a decay per step below 1")
     spike = getattr(args, "spike_clip", None)
     if spike is not None and not (spike == 0 or 1 <= spike < float("inf")):
         raise UserError(f"--spike-clip {spike:g}: expected 0 (off) or a ratio of at least 1")
@@ -320,6 +326,8 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     }.items() if v is not None}
     if spike is not None:
         overrides["spike_ratio"] = spike or None
+    if ema is not None:
+        overrides["ema"] = ema or None
     clip = getattr(args, "target_clip", None)
     if clip is not None and not (clip == 0 or 1 <= clip < float("inf")):
         raise UserError(f"--target-clip {clip:g}: expected 0 (off) or a ratio of at least 1")

@@ -89,6 +89,8 @@ class TrainConfig:
             raise ValueError(f"--crop-focus {self.crop_focus:g}: expected a share of the crops between 0 and 1")
         if self.batch < 1 or self.crop < 1 or self.steps_per_frame < 0:
             raise ValueError(f"invalid training config {self}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ValueError(f"ema decay {self.ema}: expected a decay per step between 0 and 1, or None for none")
         if self.spike_ratio is not None and not 1 <= self.spike_ratio < math.inf:
             raise ValueError(f"spike ratio {self.spike_ratio}: expected a number >= 1, or None for no spike clip")
         if self.schedule not in SCHEDULES:

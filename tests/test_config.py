@@ -132,6 +132,15 @@ def test_spike_clip_flag():
             resolved("--spike-clip", bad)
 
 
+def test_ema_flag():
+    assert resolved().train.ema is None
+    assert resolved("--ema", "0").train.ema is None
+    assert resolved("--ema", "0.9").to_dict()["train"]["ema"] == 0.9
+    for bad in ("1", "-0.1", "nan"):
+        with pytest.raises(UserError, match=f"--ema {bad}: expected 0 \\(off\\) or a decay per step below 1"):
+            resolved("--ema", bad)
+
+
 def test_crop_focus_flag():
     assert resolved().train.crop_focus == 1.0  # the cpu preset centres every crop by noise
     assert resolved("--preset", "paper").train.crop_focus == 0.0

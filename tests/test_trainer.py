@@ -67,6 +67,23 @@ def test_a_snapshot_is_a_copy_made_only_when_the_weights_moved(frame_factory):
     assert tr.snapshot().version == 3 and tr.snapshot() is not snap
 
 
+def test_with_ema_the_snapshot_is_the_moving_average_of_the_weights(frame_factory):
+    tr = make_trainer([checker_pair(frame_factory)], ema=0.5)
+    start = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    expected = {k: v.clone() for k, v in start.items()}
+    for step in range(4):
+        tr.step()
+        decay = min(0.5, (1 + step) / (10 + step))  # ramped up over the first steps
+        for k, v in tr.model.state_dict().items():
+            expected[k] = decay * expected[k] + (1 - decay) * v
+    snap = tr.snapshot()
+    moved = [k for k in start if not torch.equal(start[k], tr.model.state_dict()[k])]
+    assert moved
+    for k in moved:
+        torch.testing.assert_close(snap.state_dict[k], expected[k])
+        assert not torch.equal(snap.state_dict[k], tr.model.state_dict()[k]), "the snapshot lags the live weights"
+
+
 def test_nan_and_inf_pixels_do_not_poison_the_weights(frame_factory):
     f = frame_factory(32, 32)
     f.color_a[::3, ::5] = np.nan
