@@ -106,7 +106,7 @@ def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
     if background is not None and kpn:
         masks["background"] = pad_to(background, model.alignment)[0]
     # Demodulated, the kernels filter irradiance, which is smooth across texture; the albedo, from the
-    # aux pass's own samples, puts the texture back (fine-texture, 120 s: +3.25 dB; see the README).
+    # aux pass's own samples, puts the texture back (fine-texture, 120 s: +3.25 dB; see docs/measurements.md).
     demodulated = kpn and bool(spec.demodulate) and albedo is not None
     if demodulated:
         a = finite(albedo).clamp(spec.demodulate, 1.0)

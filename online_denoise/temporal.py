@@ -86,7 +86,7 @@ class TemporalConfig:
     # Training targets take the other render's own samples, not its running mean, within a pixel or two of an
     # edge (``features.edge_mask``) where that mean is long (``ring.EDGE_TARGET_HISTORY``): there both means carry
     # the same reprojection mix of the edge's two sides, which Noise2Noise would teach the network to keep
-    # (cornell-box +0.59 dB from scratch; see the README).
+    # (cornell-box +0.59 dB from scratch; see docs/measurements.md).
     raw_edge_targets: bool = True
     resample: str = "catmull-rom"  # how the history is read back (RESAMPLERS); see catmull_rom
 
