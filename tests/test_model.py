@@ -90,6 +90,22 @@ def test_kernel_filter_gradients_match_autograd_on_an_unfolded_filter():
     assert torch.autograd.gradcheck(lambda c, l: apply_kernels(c, l, 3), (color[:1, :2, :5, :6], logits[:1, :, :5, :6]))
 
 
+
+def test_kernel_filter_gradients_hold_for_channels_last_and_strided_tensors():
+    # In training the logits come from a channels_last convolution and the colour and upstream
+    # gradient can be views; the weight gradient reads the padded colour through a strided window.
+    torch.manual_seed(4)
+    color = torch.rand(2, 7, 12, 10, dtype=torch.float64)[:, 1:]  # 6 channels, not contiguous
+    logits = torch.randn(2, 25, 12, 10, dtype=torch.float64).to(memory_format=torch.channels_last)
+    logits.requires_grad_()
+    upstream = torch.randn(2, 12, 10, 6, dtype=torch.float64).permute(0, 3, 1, 2)  # 2 x 6 x 12 x 10, strided
+    grads = []
+    for f in (apply_kernels, _unfolded_kernels):
+        out = f(color, logits, 5)
+        grads.append((out, *torch.autograd.grad((out * upstream).sum(), (logits,))))
+    for ours, reference in zip(*grads):
+        torch.testing.assert_close(ours, reference)
+
 def _small_kpn(scales: int) -> UNet:
     torch.manual_seed(0)
     return UNet(ModelConfig(width=8, depth=3, output="kpn", scales=scales))
