@@ -127,6 +127,8 @@ def _starting_weights(args, run):
     if path is None:
         return None
     prior = load_checkpoint(path)
+    if run.model.demod_mix and not prior.model_config.demod_mix:
+        prior = prior.with_demod_mix()  # one more head logit, the demodulated filtering's share
     # The firefly clamp and demodulation only change what the kernels filter, not the network's inputs,
     # so a prior serves a run with either setting.
     prior.spec = replace(prior.spec, firefly=run.features.firefly, demodulate=run.features.demodulate)

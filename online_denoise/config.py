@@ -62,11 +62,11 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("cpu", "2-core CPU: width-16 U-Net, 4-scale 5x5 kernel-predicting head, 1 step of 8 crops per frame "
-                  "taken inline, 2 spp per render reused over up to 16 frames, albedo and normal at 16 spp "
+                  "taken inline, demodulated filtering mixed in on diffuse shapes, 2 spp per render reused over up to 16 frames, albedo and normal at 16 spp "
                   "(over 250 ms a frame after warm-up: 8, then early roulette and 6 crops), starting from the "
                   "shipped prior; "
                   "the mean of the two renders is denoised once",
-           ModelConfig(width=16, depth=5, output="kpn", kernel_size=5, scales=4),
+           ModelConfig(width=16, depth=5, output="kpn", kernel_size=5, scales=4, demod_mix=True),
            TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1, schedule="inline", spike_ratio=SPIKE_RATIO,
                        target_clip=TARGET_CLIP, crop_focus=CROP_FOCUS),
            spp=2, prior="cpu.pt", pair="mean", history=16, rr_depth=3, frame_budget_ms=250.0, budget_batch=6,
@@ -141,6 +141,9 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
                    help="output head: per-pixel kernels or the paper's direct colour (default: preset)")
     g.add_argument("--kernel-size", type=int, default=None, help="kpn kernel side, odd (default: preset)")
     g.add_argument("--scales", type=int, default=None, help="kpn scales: full, 1/2, 1/4... (default: preset)")
+    g.add_argument("--demod-mix", action=argparse.BooleanOptionalAction, default=None,
+                   help="kpn: on diffuse shapes, also filter colour / albedo and mix that in per pixel by a "
+                        "learnt weight (default: preset; on for cpu)")
     g.add_argument("--features", default="color,albedo,normal",
                    help="network inputs: color, then any of albedo, normal, history (each pixel's noise level "
                         "from the frames temporal reuse averaged), specular (what a mirror would reflect on glossy "
@@ -286,9 +289,19 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     loss = args.loss or ("nll" if target == "blindspot" else None)
     net = {k: v for k, v in {"width": getattr(args, "width", None), "depth": getattr(args, "depth", None),
                              "output": getattr(args, "head", None), "kernel_size": getattr(args, "kernel_size", None),
-                             "scales": getattr(args, "scales", None)}.items() if v is not None}
+                             "scales": getattr(args, "scales", None),
+                             "demod_mix": getattr(args, "demod_mix", None)}.items() if v is not None}
+    if features.demodulate:
+        if net.get("demod_mix"):
+            raise UserError("--demod-mix mixes in demodulated filtering where it pays; --demodulate demodulates "
+                            "everywhere (pick one)")
+        net["demod_mix"] = False
     if net.get("output") == "direct":
         net.setdefault("scales", 1)  # the direct head has no kernel scales
+        if net.get("demod_mix"):
+            raise UserError("--demod-mix: the kpn head's kernels filter the demodulated colour; the direct "
+                            "head has none (drop --head direct or --demod-mix)")
+        net["demod_mix"] = False
         if features.demodulate:
             raise UserError("--demodulate: the kernels of the kpn head filter the demodulated colour; the direct "
                             "head has none (drop --head direct or --demodulate)")

@@ -18,10 +18,10 @@ import torch
 from .arrays import pad_to, to_chw, to_hwc_numpy
 from .color import autoexposure
 from .errors import UserError
-from .features import (FeatureSpec, added_channels, background_mask, build_input, emitter_mask, finite,
+from .features import (FeatureSpec, added_channels, background_mask, build_input, diffuse_mask, emitter_mask, finite,
                        mean_frames, suppress_fireflies)
 from .files import atomic_write
-from .model import ModelConfig, build_model, widen_inputs
+from .model import ModelConfig, build_model, init_mix_row, widen_inputs
 from .precision import Precision
 
 CHECKPOINT_FORMAT = "online_denoise.checkpoint"
@@ -75,7 +75,8 @@ def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
                 albedo: torch.Tensor | None, normal: torch.Tensor | None,
                 exposure: torch.Tensor | float = 1.0, precision: Precision = Precision(),
                 emitter: torch.Tensor | None = None, frames: torch.Tensor | None = None,
-                has_background: bool | None = None, specular: torch.Tensor | None = None) -> torch.Tensor:
+                has_background: bool | None = None, specular: torch.Tensor | None = None,
+                diffuse: torch.Tensor | None = None) -> torch.Tensor:
     """Linear HDR prediction, N x 3 x H x W (fp32), for N x 3 x H x W inputs of any size.
 
     ``frames`` (N x 1 x H x W) counts the frames each pixel of ``color``
@@ -88,6 +89,10 @@ def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
     Both kinds are spared the firefly clamp. ``has_background`` says whether
     any pixel does, when the caller knows: looking costs a wait for the GPU,
     which a CUDA graph being recorded cannot make (None: look).
+
+    ``diffuse`` (N x 1 x H x W, from ``features.diffuse_mask``) limits a
+    ``demod_mix`` network's albedo-demodulated filtering to diffuse shapes;
+    None: the learnt mix alone decides everywhere.
     """
     background = None
     if normal is not None:
@@ -116,12 +121,22 @@ def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
             a = torch.where(keep > 0.5, torch.ones_like(a), a)
         a = pad_to(a, model.alignment)[0]
         c = c / a
+    elif kpn and model.config.demod_mix:
+        a = finite(albedo).clamp(DEMOD_MIX_FLOOR, 1.0)
+        if keep is not None:
+            a = torch.where(keep > 0.5, torch.ones_like(a), a)
+        masks["albedo"] = pad_to(a, model.alignment)[0]
+        if diffuse is not None:
+            masks["mix_gate"] = pad_to(diffuse, model.alignment)[0]
     with precision.autocast(x.device):
         y = model(x, c, **masks)
     y = y.float()
     if demodulated:
         y = y * a
     return y[..., :h, :w] / exposure
+
+
+DEMOD_MIX_FLOOR = 0.05
 
 
 def frame_exposure(spec: FeatureSpec, color) -> float:
@@ -150,10 +165,12 @@ class Denoiser:
     @torch.inference_mode()
     def denoise_batch(self, color: torch.Tensor, albedo: torch.Tensor | None, normal: torch.Tensor | None,
                       exposure: float = 1.0, emitter: torch.Tensor | None = None,
-                      frames: torch.Tensor | None = None, specular: torch.Tensor | None = None) -> torch.Tensor:
+                      frames: torch.Tensor | None = None, specular: torch.Tensor | None = None,
+                      diffuse: torch.Tensor | None = None) -> torch.Tensor:
         y = run_network(self.model, self.spec, color.to(self.device), _opt(albedo, self.device),
                         _opt(normal, self.device), exposure, self.precision, _opt(emitter, self.device),
-                        _opt(frames, self.device), specular=_opt(specular, self.device))
+                        _opt(frames, self.device), specular=_opt(specular, self.device),
+                        diffuse=_opt(diffuse, self.device))
         return y.clamp_min(0.0)
 
     def denoise(self, color, albedo=None, normal=None, emission=None) -> torch.Tensor:
@@ -229,10 +246,13 @@ class Denoiser:
         albedo, normal = _opt_chw(frame.albedo, dev), _opt_chw(frame.normal, dev)
         emitter = _emitter(getattr(frame, "emission", None), dev)
         specular = _opt_chw(getattr(frame, "specular", None), dev)
+        surface = _opt_chw(getattr(frame, "surface", None), dev)
+        diffuse = None if surface is None else diffuse_mask(surface, getattr(frame, "lobes", None))
         n = color.shape[0]
         out = self.denoise_batch(color, _expand(albedo, n), _expand(normal, n),
                                  frame_exposure(self.spec, frame.color_a), _expand(emitter, n),
-                                 None if frames is None else torch.cat(frames), _expand(specular, n))
+                                 None if frames is None else torch.cat(frames), _expand(specular, n),
+                                 _expand(diffuse, n))
         if single:
             return PairResult(out, out, None, self.version)
         if mean:
@@ -305,6 +325,18 @@ class Checkpoint:
         config = replace(self.model_config, in_channels=spec.channels)
         state = widen_inputs(self.state_dict, self.model_config, added, spec.channels)
         return Checkpoint(config, spec, state, dict(self.meta))
+
+
+    def with_demod_mix(self) -> "Checkpoint":
+        if self.model_config.demod_mix or self.model_config.output != "kpn":
+            return self
+        state = dict(self.state_dict)
+        w, b = state["out.weight"], state["out.bias"]
+        w = torch.cat([w, w.new_zeros(1, *w.shape[1:])])
+        b = torch.cat([b, b.new_zeros(1)])
+        init_mix_row(w, b)
+        state["out.weight"], state["out.bias"] = w, b
+        return Checkpoint(replace(self.model_config, demod_mix=True), self.spec, state, dict(self.meta))
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, model_config: ModelConfig,

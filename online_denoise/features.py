@@ -203,6 +203,27 @@ def background_mask(normal: torch.Tensor) -> torch.Tensor:
     return (normal == 0).all(dim=1, keepdim=True).float()
 
 
+# A shape index this far from a whole number is a pixel straddling two shapes: neither's material holds there.
+STRADDLE = 0.05
+
+
+def diffuse_mask(surface: torch.Tensor, lobes: tuple[float, ...] | None) -> torch.Tensor | None:
+    """N x 1 x H x W: 1 where a pixel lies on one shape whose BSDF has no view-dependent lobe, else 0.
+
+    ``surface`` is the aux pass's shape index (N x 1 x H x W) and ``lobes``
+    the scene's lobe widths by that index (``Frame.lobes``: inf for diffuse
+    shapes). Only there is a pixel's colour its albedo times the irradiance,
+    so only there may a kernel filter the two apart. None: no table.
+    """
+    if lobes is None:
+        return None
+    table = torch.tensor([*lobes, 0.0], dtype=torch.float32, device=surface.device)  # unknown ids: not diffuse
+    index = surface.round()
+    whole = (surface - index).abs() < STRADDLE
+    diffuse = torch.isinf(table[index.long().clamp(0, table.numel() - 1)])
+    return (whole & diffuse & (surface > 0)).float()
+
+
 EDGE_JUMP = 0.1  # summed absolute change of albedo or normal between neighbours that counts as an edge
 
 

@@ -34,6 +34,7 @@ class ModelConfig:
     kernel_size: int = 5  # side of the kpn kernel
     scales: int = 1  # kpn: filter at this many scales (full, 1/2, 1/4...) and composite them
     arch: str = "unet"  # "unet": the paper's network; "blindspot": Laine et al.'s (blindspot.py)
+    demod_mix: bool = False  # kpn: also filter colour / albedo, mixed in per pixel by one more learnt logit
 
     def __post_init__(self):
         if self.width < 1 or self.depth < 1 or self.in_channels < 1:
@@ -49,13 +50,15 @@ class ModelConfig:
             raise ValueError(f"scales {self.scales}: expected 1 to depth ({self.depth})")
         if self.scales > 1 and self.output != "kpn":
             raise ValueError("scales > 1 needs the kpn output")
+        if self.demod_mix and self.output != "kpn":
+            raise ValueError("demod_mix needs the kpn output")
 
     @property
     def out_channels(self) -> int:
         """Channels of the full-resolution head: colour, or kernel logits (plus a blend weight if multi-scale)."""
         if self.output == "direct":
             return 3
-        return self.kernel_size ** 2 + (1 if self.scales > 1 else 0)
+        return self.kernel_size ** 2 + (1 if self.scales > 1 else 0) + (1 if self.demod_mix else 0)
 
     @property
     def decoder_channels(self) -> int:
@@ -131,13 +134,16 @@ class UNet(nn.Module):
                 nn.init.zeros_(m.bias)
         for head in (self.out, *self.scale_heads):
             nn.init.kaiming_normal_(head.weight, nonlinearity="linear")
+        if self.config.demod_mix:
+            init_mix_row(self.out.weight.data, self.out.bias.data)
 
     @staticmethod
     def _act(x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(x, LEAKY_SLOPE)
 
     def forward(self, x: torch.Tensor, color: torch.Tensor | None = None,
-                emitter: torch.Tensor | None = None, background: torch.Tensor | None = None) -> torch.Tensor:
+                emitter: torch.Tensor | None = None, background: torch.Tensor | None = None,
+                albedo: torch.Tensor | None = None, mix_gate: torch.Tensor | None = None) -> torch.Tensor:
         """Linear HDR N x 3 x H x W from features x, N x in_channels x H x W (multiples of ``alignment``).
 
         ``color`` is the noisy linear colour, N x 3 x H x W; the kpn head filters
@@ -171,15 +177,38 @@ class UNet(nn.Module):
             return x
         # Under autocast the logits arrive in bf16/fp16; softmax and filtering run in fp32.
         k = self.config.kernel_size
+        mix = None
+        if self.config.demod_mix:
+            x, mix = x[:, :-1], x[:, -1:]
+            if albedo is None:  # no albedo buffer: nothing to demodulate by, only the plain filtering
+                mix = None
         heads = [_logits(x)] + [_logits(head(decoded[-s])) for s, head in enumerate(self.scale_heads, start=1)]
 
         def kernels(images: torch.Tensor) -> torch.Tensor:
             return apply_kernels(images, heads[0], k) if len(heads) == 1 else composite_scales(images, heads, k)
 
+        color = color.float()
+        if mix is not None:
+            color = torch.cat([color, color / albedo], dim=1)
         if emitter is None and background is None:
-            return kernels(color.float())
-        return filter_around_emitters(kernels, color.float(), None if emitter is None else emitter.float(),
-                                      None if background is None else background.float())
+            out = kernels(color)
+        else:
+            out = filter_around_emitters(kernels, color, None if emitter is None else emitter.float(),
+                                         None if background is None else background.float())
+        if mix is None:
+            return out
+        weight = torch.sigmoid(mix.float())
+        if mix_gate is not None:
+            weight = weight * mix_gate.float()
+        return torch.lerp(out[:, :3], out[:, 3:] * albedo, weight)
+
+
+MIX_BIAS = -3.0
+
+
+def init_mix_row(weight: torch.Tensor, bias: torch.Tensor) -> None:
+    weight[-1].zero_()
+    bias[-1] = MIX_BIAS
 
 
 def _logits(x: torch.Tensor) -> torch.Tensor:
@@ -321,13 +350,14 @@ def filter_around_emitters(kernels, color: torch.Tensor, emitter: torch.Tensor |
     source = surface
     if emitter is not None:
         source = surface * (1.0 - dilate3(emitter))
+    c = color.shape[1]
     parts = [color * source, source] + ([color * (1.0 - source)] if emitter is not None else [])
     out = kernels(torch.cat(parts, dim=1))
-    on_surfaces, weight = out[:, 0:3], out[:, 3:4]
+    on_surfaces, weight = out[:, 0:c], out[:, c:c + 1]
     masked = on_surfaces / weight.clamp_min(MIN_SURFACE_WEIGHT)
     result = torch.where((surface > 0.5) & (weight > MIN_SURFACE_WEIGHT), masked, color)
     if emitter is not None:
-        result = torch.where(emitter > 0.5, on_surfaces + out[:, 4:7], result)
+        result = torch.where(emitter > 0.5, on_surfaces + out[:, c + 1:2 * c + 1], result)
     if background is not None and emitter is not None:
         result = torch.where(background > 0.5, color, result)  # a sun in the sky is background too
     return result

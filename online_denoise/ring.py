@@ -1,12 +1,13 @@
 """A fixed-size, preallocated ring of frame pairs, shared by the render loop and the trainer.
 
 Memory is allocated once: ``RingBuffer.bytes_for(capacity, h, w)``, which is
-capacity x 15 channels x H x W x 4 bytes (colour a and b, the frames each
-colour's running mean spans, albedo, normal, and the mask of directly seen
-emitters) plus a few bytes per slot. At 256^2 with 16 slots that is 60 MiB.
-Single-render targets store 10 channels a slot; a clean-target run stores 3 more.
-Under temporal reuse a ring with ``edge_targets`` stores 6 more: each render's
-training target, its running mean but its own new samples at edges (84 MiB),
+capacity x 16 channels x H x W x 4 bytes (colour a and b, the frames each
+colour's running mean spans, albedo, normal, the mask of directly seen
+emitters and that of diffuse shapes) plus a few bytes per slot. At 256^2 with
+16 slots that is 64 MiB. Single-render targets store 11 channels a slot; a
+clean-target run stores 3 more. Under temporal reuse a ring with
+``edge_targets`` stores 6 more: each render's training target, its running
+mean but its own new samples at edges (88 MiB),
 and a ring for a network that reads the specular guide stores its 3 channels.
 
 Crops are drawn uniformly, or, with ``focus``, that share of them centred on a
@@ -36,7 +37,7 @@ import torch
 
 from .arrays import to_chw
 from .color import get_transfer
-from .features import edge_mask, emitter_mask, finite
+from .features import diffuse_mask, edge_mask, emitter_mask, finite
 
 # Edge targets take the new samples only where the running mean spans at least this many frames.
 EDGE_TARGET_HISTORY = 8
@@ -56,6 +57,7 @@ class TrainBatch:
     frames: list[int]  # sequence numbers of the frames the crops came from
     has_background: bool | None = None  # whether a crop sees past the scene; None: run_network looks
     specular: torch.Tensor | None = None  # B x 3 x h x w, the renderer's mirror guide (features.build_input)
+    diffuse: torch.Tensor | None = None  # B x 1 x h x w, 1 on diffuse shapes (features.diffuse_mask); None: unknown
 
 
 class RingBuffer:
@@ -89,6 +91,8 @@ class RingBuffer:
         self.normal = torch.zeros(shape, device=self.device)
         self.specular = torch.zeros(shape, device=self.device) if with_specular else None
         self.emitter = torch.zeros((capacity, 1, height, width), device=self.device)
+        self.diffuse = torch.zeros((capacity, 1, height, width), device=self.device)
+        self._knows_diffuse = [False] * capacity  # whether the slot's frame carried shape ids and a lobe table
         self.exposure = [1.0] * capacity
         self._seq = [-1] * capacity  # sequence number held by each slot; -1: empty or being written
         self._gen = [0] * capacity  # bumped whenever a push claims the slot
@@ -104,7 +108,7 @@ class RingBuffer:
     @staticmethod
     def bytes_for(capacity: int, height: int, width: int, renders: int = 2, with_target: bool = False,
                   edge_targets: bool = False, with_specular: bool = False) -> int:
-        channels = 4 * renders + 7 + (3 if with_target else 0) + (6 if edge_targets else 0) + 3 * with_specular
+        channels = 4 * renders + 8 + (3 if with_target else 0) + (6 if edge_targets else 0) + 3 * with_specular
         return capacity * channels * height * width * 4
 
     def _buffers(self) -> list[tuple[str, torch.Tensor]]:
@@ -112,7 +116,7 @@ class RingBuffer:
                  ("frames_b", self.frames_b), ("target", self.target), ("target_a", self.target_a),
                  ("target_b", self.target_b),
                  ("albedo", self.albedo), ("normal", self.normal), ("specular", self.specular),
-                 ("emitter", self.emitter)]
+                 ("emitter", self.emitter), ("diffuse", self.diffuse)]
         return [(n, t) for n, t in named if t is not None]
 
     @property
@@ -149,6 +153,7 @@ class RingBuffer:
             self._seq[slot] = -1
             self._gen[slot] += 1
         edges = None
+        knows_diffuse = False
         for name, dst in self._buffers():
             if name.startswith("target_"):
                 if edges is None:
@@ -172,6 +177,15 @@ class RingBuffer:
                 else:
                     dst[slot].copy_(emitter_mask(to_chw(emission, self.device))[0])
                 continue
+            if name == "diffuse":
+                surface, lobes = getattr(frame, "surface", None), getattr(frame, "lobes", None)
+                mask = None if surface is None else diffuse_mask(to_chw(surface, self.device), lobes)
+                knows_diffuse = mask is not None
+                if mask is None:
+                    dst[slot].zero_()
+                else:
+                    dst[slot].copy_(mask[0])
+                continue
             if name == "specular" and getattr(frame, "specular", None) is None:
                 dst[slot].zero_()  # a frame from a file or the scalar variant: no guide
                 continue
@@ -193,6 +207,7 @@ class RingBuffer:
             self.exposure[slot] = float(exposure)
             self._seq[slot] = seq
             self._noise[slot] = noise
+            self._knows_diffuse[slot] = knows_diffuse
         return seq
 
     def _block_noise(self, slot: int) -> tuple[list[float], int]:
@@ -217,11 +232,12 @@ class RingBuffer:
                 if not ready:
                     return None
                 picks = [rng.choice(ready) for _ in range(batch - len(crops))]
-                claimed = [(slot, self._gen[slot], self._seq[slot], self.exposure[slot]) for slot in picks]
-            copies = [self._copy_crop(slot, ch, cw) + (slot, gen, seq, exposure)
-                      for slot, gen, seq, exposure in claimed]
+                claimed = [(slot, self._gen[slot], self._seq[slot], self.exposure[slot], self._knows_diffuse[slot])
+                           for slot in picks]
+            copies = [self._copy_crop(slot, ch, cw) + (slot, gen, seq, exposure, knows)
+                      for slot, gen, seq, exposure, knows in claimed]
             with self._lock:
-                crops += [c for c in copies if self._gen[c[7]] == c[8]]  # drop crops a push tore
+                crops += [c for c in copies if self._gen[c[8]] == c[9]]  # drop crops a push tore
             if len(crops) == batch:
                 break
         if len(crops) < batch:
@@ -231,9 +247,11 @@ class RingBuffer:
         targets = None if crops[0][1] is None else torch.stack([c[1] for c in crops])
         if not bool(emitters.any()):
             emitters = None  # most crops miss the lights; the plain filter then runs on 3 channels, not 7
-        exposure = torch.tensor([c[10] for c in crops], device=self.device).view(-1, 1, 1, 1)
-        return TrainBatch(inputs, spans, targets, albedos, normals, emitters, exposure, [c[9] for c in crops],
-                          specular=speculars)
+        exposure = torch.tensor([c[11] for c in crops], device=self.device).view(-1, 1, 1, 1)
+        # A crop from a frame without shape ids (a file, the scalar variant) leaves the whole batch ungated.
+        diffuse = torch.stack([c[7] for c in crops]) if all(c[12] for c in crops) else None
+        return TrainBatch(inputs, spans, targets, albedos, normals, emitters, exposure, [c[10] for c in crops],
+                          specular=speculars, diffuse=diffuse)
 
     def _copy_crop(self, slot: int, ch: int, cw: int) -> tuple[torch.Tensor, ...]:
         rng = self._rng
@@ -252,7 +270,7 @@ class RingBuffer:
             target = (self.target_a if swapped else self.target_b)[win]
         return (a.clone(), None if target is None else target.clone(), self.albedo[win].clone(),
                 self.normal[win].clone(), self.emitter[win].clone(), span.clone(),
-                None if self.specular is None else self.specular[win].clone())
+                None if self.specular is None else self.specular[win].clone(), self.diffuse[win].clone())
 
     def _focused_corner(self, noise: tuple[list[float], int], ch: int, cw: int) -> tuple[int, int]:
         """The corner of a crop centred on a random pixel of a block drawn in proportion to its noise."""

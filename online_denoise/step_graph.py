@@ -32,7 +32,7 @@ import torch
 from .features import background_mask
 
 # The batch fields that are tensors and change from step to step.
-_TENSOR_FIELDS = ("input", "history", "target", "albedo", "normal", "emitter", "exposure", "specular")
+_TENSOR_FIELDS = ("input", "history", "target", "albedo", "normal", "emitter", "exposure", "specular", "diffuse")
 WARMUP_ITERATIONS = 3  # eager runs on a side stream before recording, as torch.cuda.graph asks
 
 

@@ -62,7 +62,7 @@ class Paired(Objective):
             raise RuntimeError(f"target {self.name} needs a second render or a clean render in the ring")
         pred = run_network(trainer.model, trainer.spec, batch.input, batch.albedo, batch.normal, batch.exposure,
                            trainer.precision, batch.emitter, batch.history, batch.has_background,
-                           specular=batch.specular)
+                           specular=batch.specular, diffuse=batch.diffuse)
         return trainer.loss_fn(pred, reachable(trainer.model, batch, pred, batch.target))
 
 
@@ -80,7 +80,8 @@ class GR2R(Objective):
     def loss(self, trainer, batch) -> torch.Tensor:
         def f(color):
             return run_network(trainer.model, trainer.spec, color, batch.albedo, batch.normal, batch.exposure,
-                               trainer.precision, batch.emitter, batch.history, specular=batch.specular)
+                               trainer.precision, batch.emitter, batch.history, specular=batch.specular,
+                               diffuse=batch.diffuse)
 
         y = batch.input
         with torch.no_grad():

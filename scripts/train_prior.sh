@@ -8,7 +8,8 @@
 # the 16-spp aux pass, the gradient-spike clip and the firefly clamp are pinned off, as they were for
 # the priors before it: retrained with all three on (358 s), one was +0.28 dB on sunlit-room, +0.21 on
 # glossy-metals and -0.13 on the held-out Cornell box (first frame 28.73 -> 26.66), within run-to-run
-# noise, and was not shipped. tests/test_config.py checks that this command still matches the settings
+# noise, and was not shipped. It trains without the learnt demodulation mix (--no-demod-mix): a live run
+# widens the prior's head by that one logit, started at a 5% share. tests/test_config.py checks that this command still matches the settings
 # the shipped checkpoint records.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,5 +17,5 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 exec .venv/bin/online-denoise train --preset cpu --prior none \
     --scene sunlit-room,glossy-metals,fine-texture --spp 2 --frames-per-scene 48 --steps 6000 \
-    --aux-spp 2 --spike-clip 0 --firefly-clamp 0 --crop-focus 0 \
+    --aux-spp 2 --spike-clip 0 --firefly-clamp 0 --crop-focus 0 --no-demod-mix \
     --torch-threads 1 --out online_denoise/priors/cpu.pt "$@"

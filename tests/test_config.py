@@ -29,7 +29,8 @@ def test_the_cpu_preset_as_shipped():
     assert resolved("--rr-depth", "0").budget_batch is None
 
 
-@pytest.mark.parametrize("flags", [(), ("--firefly-clamp", "0"), ("--firefly-clamp", "8"), ("--demodulate", "0.05")])
+@pytest.mark.parametrize("flags", [(), ("--firefly-clamp", "0"), ("--firefly-clamp", "8"), ("--demodulate", "0.05"),
+                                   ("--no-demod-mix",)])
 def test_the_shipped_prior_fits_the_cpu_preset_whatever_its_firefly_clamp_or_demodulation(flags, capsys):
     from online_denoise.cli import _starting_weights
 
@@ -249,6 +250,17 @@ def test_demodulate_flag_sets_the_spec_and_keeps_the_prior():
         resolved("--demodulate", "2")
     with pytest.raises(UserError, match="--demodulate: the kernels of the kpn head"):
         resolved("--demodulate", "0.05", "--head", "direct")
+
+
+def test_the_cpu_preset_mixes_in_demodulated_filtering_unless_told_not_to_or_demodulating_everywhere():
+    assert resolved().model.demod_mix and resolved().model.out_channels == 5 * 5 + 2
+    assert not resolved("--no-demod-mix").model.demod_mix
+    assert not resolved("--demodulate", "0.05").model.demod_mix  # full demodulation replaces the mix
+    assert not resolved("--head", "direct").model.demod_mix
+    with pytest.raises(UserError, match="--demod-mix: the kpn head"):
+        resolved("--demod-mix", "--head", "direct")
+    with pytest.raises(UserError, match="pick one"):
+        resolved("--demod-mix", "--demodulate", "0.05")
 
 
 def _train_prior_script_args() -> list[str]:

@@ -1,5 +1,6 @@
 """The firefly clamp, the feature spec that carries it, the network input and the masks."""
 
+import math
 import pytest
 import torch
 import torch.nn.functional as F
@@ -150,3 +151,14 @@ def test_added_channels_are_where_the_new_features_sit_and_dropping_or_reorderin
     assert added_channels(base, FeatureSpec(("color", "albedo"))) is None
     assert added_channels(base, FeatureSpec(("color", "normal", "albedo"))) is None
     assert added_channels(base, FeatureSpec(("color", "albedo", "normal"), transfer="log")) is None
+
+
+def test_the_diffuse_mask_reads_each_pixels_shape_from_the_lobe_table():
+    from online_denoise.features import diffuse_mask
+
+    lobes = (math.inf, math.inf, 0.2, 0.0)  # ids 1: diffuse, 2: glossy, 3: smooth
+    surface = torch.tensor([[1.0, 2.0, 3.0, 0.0], [1.5, 4.0, 7.0, 1.02]]).view(1, 1, 2, 4)
+    mask = diffuse_mask(surface, lobes)
+    # Only whole shape ids of a diffuse shape: not straddling pixels, misses, or ids the table lacks.
+    assert mask.tolist() == [[[[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]]]
+    assert diffuse_mask(surface, None) is None

@@ -343,3 +343,72 @@ def test_inference_under_bf16_autocast_matches_training_mode_exactly():
         with torch.no_grad():
             inferred = m(x, color)
     torch.testing.assert_close(inferred, trained.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_a_demod_mix_net_gated_off_is_the_plain_kernel_filter():
+    """The widened prior with its mix gated off everywhere computes what the prior did, lights included."""
+    from online_denoise.denoiser import Checkpoint
+    from online_denoise.features import FeatureSpec
+
+    torch.manual_seed(5)
+    config = ModelConfig(width=8, depth=3, output="kpn", kernel_size=3, scales=2)
+    plain = UNet(config).eval()
+    widened = Checkpoint(config, FeatureSpec(), plain.state_dict(), {}).with_demod_mix()
+    assert widened.model_config.demod_mix and widened.model_config.out_channels == config.out_channels + 1
+    mixed = UNet(widened.model_config).eval()
+    mixed.load_state_dict(widened.state_dict)
+    x, color = torch.rand(2, 9, 32, 32), torch.rand(2, 3, 32, 32) * 3
+    albedo = torch.rand(2, 3, 32, 32).clamp_min(0.05)
+    emitter = torch.zeros(2, 1, 32, 32)
+    emitter[..., 4:8, 4:8] = 1.0
+    off = torch.zeros(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(mixed(x, color, emitter, albedo=albedo, mix_gate=off), plain(x, color, emitter),
+                                   rtol=1e-5, atol=1e-6)
+        # Ungated, its mix starts small but not at zero: the demodulated branch is in play from the first step.
+        assert (mixed(x, color, emitter, albedo=albedo) - plain(x, color, emitter)).abs().max() > 1e-4
+
+
+def test_the_demodulated_branch_keeps_texture_on_diffuse_pixels_only():
+    """Colour = albedo x constant light. With the mix forced to 1, gated-on pixels keep their texture
+    (the kernels see flat irradiance); gated-off pixels get the plain filter, which blurs it."""
+    torch.manual_seed(0)
+    m = UNet(ModelConfig(width=8, depth=2, output="kpn", scales=2, demod_mix=True)).eval()
+    m.out.weight.data[-1].zero_()
+    m.out.bias.data[-1] = 30.0  # sigmoid(30) = 1: the demodulated result wherever the gate allows
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    albedo = (((yy // 2 + xx // 2) % 2).float() * 0.7 + 0.1).expand(1, 3, 32, 32).clone()
+    color = albedo * 1.7
+    gate = torch.zeros(1, 1, 32, 32)
+    gate[..., :, :16] = 1.0  # the left half is diffuse
+    x = torch.rand(1, 9, 32, 32)
+    with torch.no_grad():
+        y = m(x, color, albedo=albedo, mix_gate=gate)
+    torch.testing.assert_close(y[..., :16], color[..., :16], rtol=1e-4, atol=1e-5)
+    assert (y[..., 18:] - color[..., 18:]).abs().mean() > 0.1
+
+
+def test_the_emitter_filter_takes_any_number_of_channels():
+    """Six channels filtered at once (colour and colour / albedo) are the two halves filtered alone."""
+    from online_denoise.model import filter_around_emitters
+
+    torch.manual_seed(1)
+    logits = torch.randn(1, 9, 16, 16)
+
+    def kernels(images):
+        return apply_kernels(images, logits, 3)
+
+    color = torch.rand(1, 6, 16, 16) * 2
+    emitter = torch.zeros(1, 1, 16, 16)
+    emitter[..., 5:9, 5:9] = 1.0
+    color[:, :, 5:9, 5:9] += 20.0
+    background = torch.zeros(1, 1, 16, 16)
+    background[..., :, :2] = 1.0
+    both = filter_around_emitters(kernels, color, emitter, background)
+    halves = torch.cat([filter_around_emitters(kernels, c, emitter, background) for c in color.split(3, dim=1)], 1)
+    torch.testing.assert_close(both, halves)
+
+
+def test_demod_mix_needs_the_kernel_head():
+    with pytest.raises(ValueError, match="demod_mix needs the kpn output"):
+        ModelConfig(output="direct", scales=1, demod_mix=True)

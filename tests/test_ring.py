@@ -18,9 +18,9 @@ def const_frame(value, h=16, w=16):
 
 def test_memory_bound_is_what_is_allocated():
     ring = RingBuffer(5, 24, 40)
-    assert ring.nbytes == RingBuffer.bytes_for(5, 24, 40) == 5 * 15 * 24 * 40 * 4
+    assert ring.nbytes == RingBuffer.bytes_for(5, 24, 40) == 5 * 16 * 24 * 40 * 4
     guided = RingBuffer(5, 24, 40, with_specular=True)
-    assert guided.nbytes == RingBuffer.bytes_for(5, 24, 40, with_specular=True) == 5 * 18 * 24 * 40 * 4
+    assert guided.nbytes == RingBuffer.bytes_for(5, 24, 40, with_specular=True) == 5 * 19 * 24 * 40 * 4
 
 
 def test_the_specular_guide_is_cropped_with_its_colour_and_left_out_when_not_stored():
@@ -161,7 +161,7 @@ def test_edge_targets_take_the_other_renders_raw_samples_at_edges_only():
     """At an albedo edge the target is the other render's new samples; elsewhere its running mean."""
     h, w = 16, 16
     ring = RingBuffer(1, h, w, edge_targets=True)
-    assert ring.nbytes == RingBuffer.bytes_for(1, h, w, edge_targets=True) == 21 * h * w * 4
+    assert ring.nbytes == RingBuffer.bytes_for(1, h, w, edge_targets=True) == 22 * h * w * 4
     f = const_frame(1.0, h, w)  # running means: a = 1.0, b = 1.5
     f.albedo = np.full((h, w, 3), 0.2, np.float32)
     f.albedo[:, 8:] = 0.8  # a jump between columns 7 and 8: the edge band is columns 6-9
@@ -234,3 +234,26 @@ def test_focus_is_a_share_and_needs_two_renders():
     single.push(SimpleNamespace(color_a=np.ones((16, 16, 3), np.float32), albedo=np.zeros((16, 16, 3), np.float32),
                                 normal=np.zeros((16, 16, 3), np.float32)))
     assert single.focus == 0.0 and single.sample(2, 8).input.shape == (2, 3, 8, 8)
+
+
+def test_crops_carry_the_diffuse_mask_of_their_frame_and_none_when_a_frame_had_no_shape_ids():
+    import math
+
+    ring = RingBuffer(2, 16, 16)
+    f = const_frame(1.0)
+    f.surface = np.ones((16, 16, 1), np.float32)
+    f.surface[:, 8:] = 2.0  # shape 2 is glossy
+    f.lobes = (math.inf, math.inf, 0.3)
+    ring.push(f)
+    for _ in range(5):
+        batch = ring.sample(3, 16)
+        assert batch.diffuse.shape == (3, 1, 16, 16)
+        assert torch.all(batch.diffuse[..., :8] == 1) and torch.all(batch.diffuse[..., 8:] == 0)
+    ring.push(const_frame(2.0))  # from a file: nothing is known of its materials
+    seen_none = False
+    for _ in range(20):
+        batch = ring.sample(2, 8)
+        if 1 in batch.frames:
+            assert batch.diffuse is None
+            seen_none = True
+    assert seen_none
