@@ -99,7 +99,8 @@ class StepGraphs:
     def run(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and gradient norm of ``batch``; the gradients are left in the parameters' ``.grad``."""
         has_background = batch.normal is not None and bool(background_mask(batch.normal).any())
-        key = (tuple(batch.input.shape), batch.target is not None, batch.emitter is not None, has_background)
+        key = (tuple(batch.input.shape), batch.target is not None, batch.emitter is not None, has_background,
+               batch.diffuse is not None)
         rec = self._recorded.get(key)
         if rec is None:
             rec = self._recorded[key] = self._record(batch, has_background)
