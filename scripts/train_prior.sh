@@ -9,7 +9,8 @@
 # the priors before it: retrained with all three on (358 s), one was +0.28 dB on sunlit-room, +0.21 on
 # glossy-metals and -0.13 on the held-out Cornell box (first frame 28.73 -> 26.66), within run-to-run
 # noise, and was not shipped. It trains without the learnt demodulation mix (--no-demod-mix): a live run
-# widens the prior's head by that one logit, started at a 5% share. tests/test_config.py checks that this command still matches the settings
+# widens the prior's head by that one logit, started at a 5% share. A prior trained with the mix on was
+# 0.1-0.85 dB worse live on all three scenes, the held-out Cornell box most (docs/measurements.md). tests/test_config.py checks that this command still matches the settings
 # the shipped checkpoint records.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
