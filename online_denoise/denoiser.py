@@ -92,7 +92,7 @@ def run_network(model: torch.nn.Module, spec: FeatureSpec, color: torch.Tensor,
 
     ``diffuse`` (N x 1 x H x W, from ``features.diffuse_mask``) limits a
     ``demod_mix`` network's albedo-demodulated filtering to diffuse shapes;
-    None: the learnt mix alone decides everywhere.
+    None: no pixel is known to be diffuse, and only the plain filtering runs.
     """
     background = None
     if normal is not None:

@@ -10,6 +10,7 @@ denoiser's firefly filter does.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -213,9 +214,12 @@ def diffuse_mask(surface: torch.Tensor, lobes: tuple[float, ...] | None) -> torc
     ``surface`` is the aux pass's shape index (N x 1 x H x W) and ``lobes``
     the scene's lobe widths by that index (``Frame.lobes``: inf for diffuse
     shapes). Only there is a pixel's colour its albedo times the irradiance,
-    so only there may a kernel filter the two apart. None: no table.
+    so only there may a kernel filter the two apart. None: no table, or no
+    diffuse shape in it (id 0 is a miss), so no pixel may be demodulated and
+    the network need not filter colour / albedo at all: a scene of metals and
+    plastics (glossy-metals) then trains and infers on 3 channels, not 6.
     """
-    if lobes is None:
+    if lobes is None or not any(math.isinf(v) for v in lobes[1:]):
         return None
     table = torch.tensor([*lobes, 0.0], dtype=torch.float32, device=surface.device)  # unknown ids: not diffuse
     index = surface.round()

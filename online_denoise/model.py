@@ -180,7 +180,10 @@ class UNet(nn.Module):
         mix = None
         if self.config.demod_mix:
             x, mix = x[:, :-1], x[:, -1:]
-            if albedo is None:  # no albedo buffer: nothing to demodulate by, only the plain filtering
+            # Without an albedo there is nothing to demodulate by, and without the gate nothing says where a
+            # pixel's colour is albedo times irradiance: its logit learnt only on diffuse shapes, and on a metal
+            # it is untrained. Both leave the plain filtering.
+            if albedo is None or mix_gate is None:
                 mix = None
         heads = [_logits(x)] + [_logits(head(decoded[-s])) for s, head in enumerate(self.scale_heads, start=1)]
 
@@ -197,9 +200,7 @@ class UNet(nn.Module):
                                          None if background is None else background.float())
         if mix is None:
             return out
-        weight = torch.sigmoid(mix.float())
-        if mix_gate is not None:
-            weight = weight * mix_gate.float()
+        weight = torch.sigmoid(mix.float()) * mix_gate.float()
         return torch.lerp(out[:, :3], out[:, 3:] * albedo, weight)
 
 

@@ -92,7 +92,7 @@ class RingBuffer:
         self.specular = torch.zeros(shape, device=self.device) if with_specular else None
         self.emitter = torch.zeros((capacity, 1, height, width), device=self.device)
         self.diffuse = torch.zeros((capacity, 1, height, width), device=self.device)
-        self._knows_diffuse = [False] * capacity  # whether the slot's frame carried shape ids and a lobe table
+        self._has_diffuse = [False] * capacity  # whether the slot's frame has pixels known to be diffuse
         self.exposure = [1.0] * capacity
         self._seq = [-1] * capacity  # sequence number held by each slot; -1: empty or being written
         self._gen = [0] * capacity  # bumped whenever a push claims the slot
@@ -153,7 +153,7 @@ class RingBuffer:
             self._seq[slot] = -1
             self._gen[slot] += 1
         edges = None
-        knows_diffuse = False
+        has_diffuse = False
         for name, dst in self._buffers():
             if name.startswith("target_"):
                 if edges is None:
@@ -180,7 +180,7 @@ class RingBuffer:
             if name == "diffuse":
                 surface, lobes = getattr(frame, "surface", None), getattr(frame, "lobes", None)
                 mask = None if surface is None else diffuse_mask(to_chw(surface, self.device), lobes)
-                knows_diffuse = mask is not None
+                has_diffuse = mask is not None
                 if mask is None:
                     dst[slot].zero_()
                 else:
@@ -207,7 +207,7 @@ class RingBuffer:
             self.exposure[slot] = float(exposure)
             self._seq[slot] = seq
             self._noise[slot] = noise
-            self._knows_diffuse[slot] = knows_diffuse
+            self._has_diffuse[slot] = has_diffuse
         return seq
 
     def _block_noise(self, slot: int) -> tuple[list[float], int]:
@@ -232,7 +232,7 @@ class RingBuffer:
                 if not ready:
                     return None
                 picks = [rng.choice(ready) for _ in range(batch - len(crops))]
-                claimed = [(slot, self._gen[slot], self._seq[slot], self.exposure[slot], self._knows_diffuse[slot])
+                claimed = [(slot, self._gen[slot], self._seq[slot], self.exposure[slot], self._has_diffuse[slot])
                            for slot in picks]
             copies = [self._copy_crop(slot, ch, cw) + (slot, gen, seq, exposure, knows)
                       for slot, gen, seq, exposure, knows in claimed]
@@ -248,8 +248,9 @@ class RingBuffer:
         if not bool(emitters.any()):
             emitters = None  # most crops miss the lights; the plain filter then runs on 3 channels, not 7
         exposure = torch.tensor([c[11] for c in crops], device=self.device).view(-1, 1, 1, 1)
-        # A crop from a frame without shape ids (a file, the scalar variant) leaves the whole batch ungated.
-        diffuse = torch.stack([c[7] for c in crops]) if all(c[12] for c in crops) else None
+        # A frame with no diffuse pixel known (from a file, the scalar variant, a scene of metals) stores a zero
+        # mask: its crops get the plain filtering; a batch of such crops only needs that filtering.
+        diffuse = torch.stack([c[7] for c in crops]) if any(c[12] for c in crops) else None
         return TrainBatch(inputs, spans, targets, albedos, normals, emitters, exposure, [c[10] for c in crops],
                           specular=speculars, diffuse=diffuse)
 

@@ -162,3 +162,5 @@ def test_the_diffuse_mask_reads_each_pixels_shape_from_the_lobe_table():
     # Only whole shape ids of a diffuse shape: not straddling pixels, misses, or ids the table lacks.
     assert mask.tolist() == [[[[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]]]
     assert diffuse_mask(surface, None) is None
+    # Metals and plastics only (entry 0 is a miss, whatever its value): no pixel to demodulate, no mask at all.
+    assert diffuse_mask(surface, (math.inf, 0.12, 0.3, 0.02)) is None
