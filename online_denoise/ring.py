@@ -57,7 +57,7 @@ class TrainBatch:
     frames: list[int]  # sequence numbers of the frames the crops came from
     has_background: bool | None = None  # whether a crop sees past the scene; None: run_network looks
     specular: torch.Tensor | None = None  # B x 3 x h x w, the renderer's mirror guide (features.build_input)
-    diffuse: torch.Tensor | None = None  # B x 1 x h x w, 1 on diffuse shapes (features.diffuse_mask); None: unknown
+    diffuse: torch.Tensor | None = None  # B x 1 x h x w, 1 on diffuse shapes (features.diffuse_mask); None: none known in any crop
 
 
 class RingBuffer:
