@@ -38,6 +38,9 @@ TARGET_CLIP = 64.0
 # (7 of 8 frames better, FLIP better at 6), sunlit-room -0.08 and +0.01, cornell-box +0.11. Its noise map
 # costs about 2 ms a frame.
 CROP_FOCUS = 1.0
+# Glossy-metals, 401 frames from the prior, --rr-depth 0, same frames 100-400: following the metals' reflections
+# with up to 8 frames +0.47 to +0.87 dB, FLIP better at all four; up to 16 +0.42 to +0.80 (docs/measurements.md).
+REFLECT_HISTORY = 8
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,13 @@ class Preset:
     budget_batch: int | None = None  # crops per training step once the loop is over that budget; None: the same
     aux_spp: int | None = None  # samples per pixel of the albedo/normal pass; None: the renders' spp
     budget_aux_spp: int | None = None  # ... once the loop is over its frame budget; None: the same
+    reflect_history: int = 0  # temporal reuse follows metals' reflections, up to this many frames; 0: off
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("cpu", "2-core CPU: width-16 U-Net, 4-scale 5x5 kernel-predicting head, 1 step of 8 crops per frame "
-                  "taken inline, demodulated filtering mixed in on diffuse shapes, 2 spp per render reused over up to 16 frames, albedo and normal at 16 spp "
+                  "taken inline, demodulated filtering mixed in on diffuse shapes, 2 spp per render reused over up to 16 frames "
+                  "(metals following their reflections, up to 8), albedo and normal at 16 spp "
                   "(over 250 ms a frame after warm-up: 8, then early roulette and 6 crops), starting from the "
                   "shipped prior; "
                   "the mean of the two renders is denoised once",
@@ -70,7 +75,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1, schedule="inline", spike_ratio=SPIKE_RATIO,
                        target_clip=TARGET_CLIP, crop_focus=CROP_FOCUS),
            spp=2, prior="cpu.pt", pair="mean", history=16, rr_depth=3, frame_budget_ms=250.0, budget_batch=6,
-           aux_spp=16, budget_aux_spp=8),
+           aux_spp=16, budget_aux_spp=8, reflect_history=REFLECT_HISTORY),
     Preset("gpu", "CUDA: the paper's width-48 U-Net with the 3-scale kernel-predicting head, 8 steps per frame",
            ModelConfig(width=48, depth=5, output="kpn", kernel_size=5, scales=3),
            TrainConfig(lr=1e-3, batch=8, crop=128, steps_per_frame=8, spike_ratio=SPIKE_RATIO), spp=8),
@@ -193,6 +198,10 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--history", type=int, default=None,
                    help="temporal reuse: each render becomes the running mean of its last N frames, "
                         "reprojected to the current view; 1 turns it off (default: preset)")
+    g.add_argument("--reflect-history", type=int, default=None, metavar="N",
+                   help="temporal reuse on metals follows the reflection (where the previous view saw the same "
+                        "reflected direction) instead of the surface, up to N frames; 0 turns it off "
+                        "(default: preset)")
     g.add_argument("--train-schedule", choices=["thread", "inline"], default=None,
                    help="thread: train beside the render loop; inline: in it, after each frame (default: preset)")
     g.add_argument("--crop", type=int, default=None, help="training crop side (default: preset)")
@@ -232,6 +241,7 @@ class Resolved:
     budget_batch: int | None = None  # ... and training takes this many crops a step; None: the same
     aux_spp: int | None = None  # of the albedo/normal pass; None: spp
     budget_aux_spp: int | None = None  # ... once over the frame budget; None: the same
+    reflect_history: int = 0  # temporal reuse follows metals' reflections, up to this many frames; 0: off
 
     def to_dict(self) -> dict:
         return {"preset": self.preset.name, "model": self.model.to_dict(), "features": self.features.to_dict(),
@@ -239,11 +249,12 @@ class Resolved:
                 "precision": asdict(self.precision), "renders": self.renders, "target_spp": self.target_spp,
                 "pair": self.pair, "history": self.history, "rr_depth": self.rr_depth,
                 "frame_budget_ms": self.frame_budget_ms, "budget_batch": self.budget_batch, "aux_spp": self.aux_spp,
-                "budget_aux_spp": self.budget_aux_spp}
+                "budget_aux_spp": self.budget_aux_spp, "reflect_history": self.reflect_history}
 
     def session_config(self, device, ring: int) -> SessionConfig:
+        temporal = TemporalConfig(history=self.history, reflect_history=self.reflect_history)
         return SessionConfig(self.model, self.features, self.train, str(device), ring, precision=self.precision,
-                             pair=self.pair, temporal=TemporalConfig(history=self.history),
+                             pair=self.pair, temporal=temporal,
                              frame_budget_ms=self.frame_budget_ms, budget_batch=self.budget_batch,
                              budget_aux_spp=self.budget_aux_spp)
 
@@ -377,6 +388,10 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     history = preset.history if history is None else history
     if history < 1:
         raise UserError(f"--history {history}: expected at least 1 frame (1 turns temporal reuse off)")
+    reflect = getattr(args, "reflect_history", None)
+    reflect = preset.reflect_history if reflect is None else reflect
+    if reflect < 0:
+        raise UserError(f"--reflect-history {reflect}: expected a number of frames, at least 0 (0 turns it off)")
     rr_flag = str(getattr(args, "rr_depth", "auto"))
     if rr_flag == "auto":
         rr_depth, budget = preset.rr_depth, preset.frame_budget_ms
@@ -392,7 +407,7 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     return Resolved(preset, model, features, train, spp, parse_res(args.res), precision, renders, target_spp, pair,
                     history, rr_depth or None, budget if rr_depth else None,
                     budget_batch if rr_depth and budget else None, aux_spp,
-                    budget_aux_spp if rr_depth and budget else None)
+                    budget_aux_spp if rr_depth and budget else None, reflect_history=reflect)
 
 
 def prior_path(run: "Resolved", choice: str) -> Path | None:

@@ -33,7 +33,9 @@ class Frame:
 
     ``lobes`` is the scene's table of view-dependent lobe widths in radians,
     indexed by the shape index (``renderer.lobes``): inf for diffuse shapes,
-    0 for smooth ones. None when the variant writes no shape ids.
+    0 for smooth ones. None when the variant writes no shape ids. ``mirrors``,
+    indexed alike, says which shapes show only a reflection (metals: no
+    diffuse lobe, no transmission; ``renderer.lobes.bsdf_mirrors``).
 
     ``frames_a`` and ``frames_b`` (H x W x 1) are never set by the renderer:
     temporal reuse, downstream, replaces each colour with a running mean over
@@ -59,6 +61,7 @@ class Frame:
     emission: Any | None = None
     specular: Any | None = None
     lobes: tuple[float, ...] | None = None
+    mirrors: tuple[bool, ...] | None = None
     frames_a: Any | None = None
     frames_b: Any | None = None
     raw_a: Any | None = None

@@ -60,6 +60,34 @@ def bsdf_lobe(mi, bsdf) -> float:
     return max(min(widths), 0.0) if widths else DEFAULT_GLOSSY
 
 
+def bsdf_mirrors(mi, bsdf) -> bool:
+    """Whether all the BSDF shows is a reflection: a glossy or smooth reflection lobe, no diffuse one, no transmission.
+
+    On such a surface (a metal) the colour moves with the reflected scene, not
+    with the surface, so temporal reuse may follow the reflection instead.
+    """
+    if bsdf is None:
+        return False
+    flags, f = int(bsdf.flags()), mi.BSDFFlags
+    reflects = flags & (int(f.GlossyReflection) | int(f.DeltaReflection))
+    return bool(reflects) and not flags & (int(f.DiffuseReflection) | int(f.Transmission))
+
+
+def _shape_table(mi, scene, of, missing):
+    import drjit as dr
+
+    if mi.variant().startswith("scalar"):
+        return None
+    values = {}
+    for shape in scene.shapes():
+        shape_id = int(dr.reinterpret_array(mi.UInt32, mi.ShapePtr(shape))[0])
+        values[shape_id] = of(mi, shape.bsdf())
+    table = [missing] * (max(values) + 1)
+    for shape_id, value in values.items():
+        table[shape_id] = value
+    return tuple(table)
+
+
 def shape_lobes(mi, scene) -> tuple[float, ...] | None:
     """Every shape's lobe width, indexed by the shape index of the aux pass.
 
@@ -67,15 +95,9 @@ def shape_lobes(mi, scene) -> tuple[float, ...] | None:
     registry id. A scene of diffuse shapes only gets a table too: that every
     shape is diffuse is what lets temporal reuse skip its stale-shading test.
     """
-    import drjit as dr
+    return _shape_table(mi, scene, bsdf_lobe, math.inf)
 
-    if mi.variant().startswith("scalar"):
-        return None
-    lobes: dict[int, float] = {}
-    for shape in scene.shapes():
-        shape_id = int(dr.reinterpret_array(mi.UInt32, mi.ShapePtr(shape))[0])
-        lobes[shape_id] = bsdf_lobe(mi, shape.bsdf())
-    table = [math.inf] * (max(lobes) + 1)
-    for shape_id, width in lobes.items():
-        table[shape_id] = width
-    return tuple(table)
+
+def shape_mirrors(mi, scene) -> tuple[bool, ...] | None:
+    """Every shape's ``bsdf_mirrors``, indexed like ``shape_lobes``; None on the scalar variants."""
+    return _shape_table(mi, scene, bsdf_mirrors, False)

@@ -26,7 +26,7 @@ from . import workers
 from .camera import CameraPath, Pose, load_path, orbit_path
 from .errors import RendererError
 from .frame import Frame
-from .lobes import shape_lobes
+from .lobes import shape_lobes, shape_mirrors
 from .scene import (DEFAULT_SCENE, SceneError, SceneInfo, live_integrator_xml, prepare_xml, resolve_scene,
                     scene_digest)
 from .variant import activate, choose_variant
@@ -120,6 +120,7 @@ class Renderer:
         self._guide_integrator = mi.load_dict(guide) if guide is not None else None
         self.aux_spp = config.aux_spp  # None: each frame's colour spp; set_aux_spp changes it
         self.lobes = shape_lobes(mi, self.scene)
+        self.mirrors = shape_mirrors(mi, self.scene)
         self.keeps_jit_arrays = config.arrays == "dlpack" or (config.arrays == "auto" and self.variant.startswith("cuda"))
         if self.keeps_jit_arrays and self.variant.startswith("scalar"):
             raise RendererError("arrays 'dlpack' needs a JIT variant (cuda_ad_rgb or llvm_ad_rgb)")
@@ -294,7 +295,7 @@ class Renderer:
         return Frame(color_a, color_b, albedo, own(aux[:, :, aux_pass.NORMAL]), pose, index, seeds, spp, timings,
                      target, self.config.target_spp or 0, position=own(aux[:, :, aux_pass.POSITION]),
                      surface=own(aux[:, :, aux_pass.SHAPE]), emission=own(aux[:, :, aux_pass.EMISSION]),
-                     specular=specular, lobes=self.lobes)
+                     specular=specular, lobes=self.lobes, mirrors=self.mirrors)
 
     def set_aux_spp(self, spp: int) -> None:
         """Samples per pixel of the albedo/normal pass from the next frame on."""

@@ -72,6 +72,14 @@ def test_history_flag_sets_temporal_reuse():
         resolved("--history", "0")
 
 
+def test_metals_follow_their_reflections_in_the_cpu_preset_and_the_flag_sets_or_refuses_it():
+    assert resolved().session_config("cpu", 16).temporal.reflect_history == 8
+    assert resolved("--reflect-history", "0").session_config("cpu", 16).temporal.reflect_history == 0
+    assert resolved("--reflect-history", "4").to_dict()["reflect_history"] == 4
+    with pytest.raises(UserError, match="--reflect-history -1"):
+        resolved("--reflect-history", "-1")
+
+
 def test_the_history_feature_adds_one_input_channel_and_bad_feature_lists_are_refused():
     run = resolved("--features", "color,albedo,normal,history")
     assert run.model.in_channels == 10 and run.features.features[-1] == "history"

@@ -159,6 +159,31 @@ def test_lobe_widths_of_nested_textured_and_principled_bsdfs():
     assert lobe({"type": "diffuse"}) == float("inf") and lobe({"type": "null"}) == float("inf")
 
 
+def test_only_shapes_that_show_nothing_but_a_reflection_count_as_mirrors():
+    from renderer.lobes import bsdf_mirrors
+
+    mi = Renderer(RenderConfig(scene="cornell-box", width=8, height=8, spp=1, arrays="numpy"))._mi
+    mirrors = lambda d: bsdf_mirrors(mi, mi.load_dict(d))
+    assert mirrors({"type": "roughconductor", "alpha": 0.3}) and mirrors({"type": "conductor"})
+    assert mirrors({"type": "twosided", "bsdf": {"type": "roughconductor"}})
+    # A diffuse lobe under the reflection moves with the surface; glass shows what is behind it as well.
+    for other in ({"type": "roughplastic"}, {"type": "plastic"}, {"type": "diffuse"}, {"type": "dielectric"},
+                  {"type": "principled"}):
+        assert not mirrors(other), other
+    assert not bsdf_mirrors(mi, None)
+
+
+def test_the_frame_carries_which_shapes_are_mirrors():
+    r = Renderer(RenderConfig(scene="glossy-metals", width=16, height=16, spp=1, arrays="numpy"))
+    f = r.render_pair(r.initial_pose)
+    named = {}
+    for shape in r.scene.shapes():
+        sid = int(r._dr.reinterpret_array(r._mi.UInt32, r._mi.ShapePtr(shape))[0])
+        named[shape.id()] = f.mirrors[sid]
+    assert named["mirror"] and named["gold"] and named["silver-block"]
+    assert not named["floor"] and not named["red-plastic"] and not f.mirrors[0]  # id 0: a ray that hit nothing
+
+
 def test_live_renders_start_russian_roulette_earlier_without_changing_the_image_or_the_references():
     early = Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1, rr_depth=1, arrays="numpy"))
     plain = Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1, arrays="numpy"))
