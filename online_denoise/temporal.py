@@ -306,6 +306,7 @@ class TemporalReuse:
         self.device = torch.device(device)
         self._prev: dict | None = None
         self._lobe_table: tuple | None = None  # the frames' lobe tuple and the tensor made from it
+        self._mirror_table: tuple | None = None  # the frames' mirrors tuple and the tensor made from it
 
     def apply(self, frame):
         """The frame with each colour replaced by its reprojected running mean, and the mean history length."""
@@ -365,7 +366,10 @@ class TemporalReuse:
         (n x 3) and those as an image (zero elsewhere), for the next frame to search; None: none, or turned off."""
         if not self.config.reflect_history or mirrors is None or not any(mirrors):
             return None
-        table = torch.tensor([*mirrors, False], dtype=torch.bool, device=self.device)
+        if self._mirror_table is None or self._mirror_table[0] is not mirrors:
+            # One more entry for shape ids the table does not know (shapes inside instances): not metals.
+            self._mirror_table = (mirrors, torch.tensor([*mirrors, False], dtype=torch.bool, device=self.device))
+        table = self._mirror_table[1]
         on = table[surface.round().long().clamp(0, table.numel() - 1)] & solid
         index = on.view(-1).nonzero().squeeze(1)
         if not index.numel():

@@ -578,7 +578,7 @@ def test_following_a_reflection_finds_where_the_previous_view_saw_the_same_direc
     assert float(plain.median()) > 5 * float(left.median())
 
 
-def sphere_run(reflect_history: int, frames: int = 10, noise: float = 0.3):
+def sphere_run(reflect_history: int, frames: int = 10, noise: float = 0.3, mirrors=(False, False, True)):
     """A mirror sphere showing ``sky`` plus noise, under the orbit; the reused frame and the noise-free truth."""
     rng = np.random.default_rng(0)
     reuse = TemporalReuse(TemporalConfig(history=16, reflect_history=reflect_history))
@@ -588,7 +588,7 @@ def sphere_run(reflect_history: int, frames: int = 10, noise: float = 0.3):
         truth = np.where(s > 0, sky(mirror_reflection(p, n, pose)), 0.5).astype(np.float32)
         noisy = [(truth + noise * rng.standard_normal(truth.shape)).astype(np.float32) for _ in range(2)]
         f = Frame(noisy[0], noisy[1], np.full_like(truth, 0.9), n, pose, i, {}, 2, position=p, surface=s,
-                  lobes=(math.inf, math.inf, 0.02), mirrors=(False, False, True))
+                  lobes=(math.inf, math.inf, 0.02), mirrors=mirrors)
         out, _ = reuse.apply(f)
     inner = (s[..., 0] > 0) & (np.linalg.norm(n[..., :2], axis=-1) < 0.8)
     return out, truth, noisy[0], inner
@@ -603,3 +603,6 @@ def test_reuse_follows_a_metal_reflection_and_keeps_its_history():
     # Without it the mirror's history is capped by its narrow lobe: the plain lookup would show the slid reflection.
     plain, _, noisy0, _ = sphere_run(reflect_history=0)
     assert to_numpy(plain.frames_a)[..., 0][inner].mean() < 1.5
+    # A shape the table does not call a metal (here: one past its end, as inside an instance) is not followed.
+    unknown, _, _, _ = sphere_run(reflect_history=8, mirrors=(False, True))
+    assert to_numpy(unknown.frames_a)[..., 0][inner].mean() < 1.5
