@@ -158,7 +158,21 @@ def project(points: torch.Tensor, pose, height: int, width: int) -> tuple[torch.
     return torch.cat([gx, gy], 1).permute(0, 2, 3, 1), z
 
 
-def catmull_rom(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+def quad_bounds(image: torch.Tensor) -> torch.Tensor:
+    """Per pixel, the least and greatest of it and its right, lower and lower-right neighbours: N x 2C x H x W.
+
+    These are the four pixels a bilinear lookup between them reads, and the
+    range ``catmull_rom`` clamps to; a caller that reads one image twice
+    computes them once.
+    """
+    p = F.pad(image, (0, 1, 0, 1), mode="replicate")
+    quad = (p[..., :-1, :-1], p[..., :-1, 1:], p[..., 1:, :-1], p[..., 1:, 1:])
+    lo = torch.minimum(torch.minimum(quad[0], quad[1]), torch.minimum(quad[2], quad[3]))
+    hi = torch.maximum(torch.maximum(quad[0], quad[1]), torch.maximum(quad[2], quad[3]))
+    return torch.cat([lo, hi], 1)
+
+
+def catmull_rom(image: torch.Tensor, grid: torch.Tensor, bounds: torch.Tensor | None = None) -> torch.Tensor:
     """``image`` (N x C x H x W) read at ``grid`` (as grid_sample's) with a Catmull-Rom cubic, clamped to the 2x2 taps.
 
     The history is read back once a frame, so whatever a lookup blurs, it
@@ -203,12 +217,9 @@ def catmull_rom(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         term = taps[:, :, i * hh:(i + 1) * hh] * (wt / total).unsqueeze(1)
         out = term if out is None else out.add_(term)
     # Clamped to the four pixels a bilinear lookup reads, a sharp edge cannot ring into its dark side.
-    p = F.pad(image, (0, 1, 0, 1), mode="replicate")
-    quad = (p[..., :-1, :-1], p[..., :-1, 1:], p[..., 1:, :-1], p[..., 1:, 1:])
-    lo = torch.minimum(torch.minimum(quad[0], quad[1]), torch.minimum(quad[2], quad[3]))
-    hi = torch.maximum(torch.maximum(quad[0], quad[1]), torch.maximum(quad[2], quad[3]))
     corner = torch.stack([(x0 + 0.5) * (2 / w) - 1, (y0 + 0.5) * (2 / h) - 1], -1)
-    bounds = F.grid_sample(torch.cat([lo, hi], 1), corner, mode="nearest", padding_mode="border", align_corners=False)
+    bounds = F.grid_sample(quad_bounds(image) if bounds is None else bounds, corner, mode="nearest",
+                           padding_mode="border", align_corners=False)
     return torch.minimum(torch.maximum(out, bounds[:, :c]), bounds[:, c:])
 
 
@@ -406,8 +417,12 @@ class TemporalReuse:
                              prev["solid"]], 1)
         k = 3 * len(colors)
         bilinear = lambda x: F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        following = mirror is not None and prev.get("reflect") is not None
+        bounds = None
         if cfg.resample == "catmull-rom":
-            looked = torch.cat([catmull_rom(stacked[:, :k], grid), bilinear(stacked[:, k:])], 1)
+            # The metals' second lookup reads the same colours, within the same clamp.
+            bounds = quad_bounds(stacked[:, :k]) if following else None
+            looked = torch.cat([catmull_rom(stacked[:, :k], grid, bounds), bilinear(stacked[:, k:])], 1)
         else:
             looked = bilinear(stacked)
         old_counts = F.grid_sample(torch.cat(prev["counts"], 1), grid, mode="nearest", padding_mode="border",
@@ -425,9 +440,9 @@ class TemporalReuse:
         if edge.numel():
             self._per_tap(edge, stacked, torch.cat(prev["counts"], 1), grid, looked, old_counts, same, k,
                           depth_then, surface, albedo, normal)
-        if mirror is not None and prev.get("reflect") is not None:
+        if following:
             view_cap = self._follow(mirror[0], mirror[1], prev["reflect"], stacked, torch.cat(prev["counts"], 1), grid,
-                                    looked, old_counts, same, k, surface, view_cap)
+                                    looked, old_counts, same, k, surface, view_cap, bounds)
         old_colors = [looked[:, 3 * i:3 * i + 3].clamp_min(0.0) for i in range(len(colors))]
         sharp = sharp_shading(old_colors, cfg.sharp_ratio) if cfg.sharp_ratio else None
         counts, means = [], []
@@ -443,7 +458,7 @@ class TemporalReuse:
         return counts, means
 
     def _follow(self, mirror, directions, field, stacked, counts, grid, looked, old_counts, same, k, surface,
-                view_cap) -> torch.Tensor:
+                view_cap, bounds=None) -> torch.Tensor:
         """Redo the lookup of the ``mirror`` pixels (flat indices) where their reflection was, in place; the new caps.
 
         A pixel keeps the reflection's history where the previous view saw its
@@ -461,7 +476,7 @@ class TemporalReuse:
         kept = (inside & (left < cfg.reflect_tolerance) & (geo[8] > 0.999)
                 & ((geo[7] - surface.reshape(hw)[mirror]).abs() < 1e-3))
         if cfg.resample == "catmull-rom":
-            col = catmull_rom(stacked[:, :k], g)[0, :, 0]
+            col = catmull_rom(stacked[:, :k], g, bounds)[0, :, 0]
         else:
             col = F.grid_sample(stacked[:, :k], g, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0]
         cnt = F.grid_sample(counts, g, mode="nearest", padding_mode="border", align_corners=False)[0, :, 0]

@@ -578,10 +578,10 @@ def test_following_a_reflection_finds_where_the_previous_view_saw_the_same_direc
     assert float(plain.median()) > 5 * float(left.median())
 
 
-def sphere_run(reflect_history: int, frames: int = 10, noise: float = 0.3, mirrors=(False, False, True)):
+def sphere_run(reflect_history: int, frames: int = 10, noise: float = 0.3, mirrors=(False, False, True), **config):
     """A mirror sphere showing ``sky`` plus noise, under the orbit; the reused frame and the noise-free truth."""
     rng = np.random.default_rng(0)
-    reuse = TemporalReuse(TemporalConfig(history=16, reflect_history=reflect_history))
+    reuse = TemporalReuse(TemporalConfig(history=16, reflect_history=reflect_history, **config))
     for i in range(frames):
         pose = orbit(i)
         p, n, s = sphere_buffers(pose)
@@ -606,3 +606,6 @@ def test_reuse_follows_a_metal_reflection_and_keeps_its_history():
     # A shape the table does not call a metal (here: one past its end, as inside an instance) is not followed.
     unknown, _, _, _ = sphere_run(reflect_history=8, mirrors=(False, True))
     assert to_numpy(unknown.frames_a)[..., 0][inner].mean() < 1.5
+    # The bilinear history read follows the reflection too.
+    bilinear, _, _, _ = sphere_run(reflect_history=8, resample="bilinear")
+    assert to_numpy(bilinear.frames_a)[..., 0][inner].mean() > 5
