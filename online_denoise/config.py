@@ -39,7 +39,7 @@ TARGET_CLIP = 64.0
 # costs about 2 ms a frame.
 CROP_FOCUS = 1.0
 # Glossy-metals, 401 frames from the prior, --rr-depth 0, same frames 100-400: following the metals' reflections
-# with up to 8 frames +0.47 to +0.87 dB, FLIP better at all four; up to 16 +0.42 to +0.80 (docs/measurements.md).
+# with up to 8 frames +0.54 to +1.20 dB, FLIP better at all four; up to 16 no better (docs/measurements.md).
 REFLECT_HISTORY = 8
 
 

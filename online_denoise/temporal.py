@@ -54,7 +54,7 @@ one frame of history. With ``reflect_history`` its pixels read the history
 where the previous view saw the same reflected direction instead
 (``follow_reflections``), up to that many frames; the stale test still
 judges them. On glossy-metals (401 frames, same frames 100-400) that took
-the reused input up 1.4-3.8 dB and our output 0.5-0.9 dB, FLIP better at
+the reused input up 1.4-3.8 dB and our output 0.5-1.2 dB, FLIP better at
 all four.
 """
 
