@@ -62,6 +62,7 @@ class Preset:
     aux_spp: int | None = None  # samples per pixel of the albedo/normal pass; None: the renders' spp
     budget_aux_spp: int | None = None  # ... once the loop is over its frame budget; None: the same
     reflect_history: int = 0  # temporal reuse follows metals' reflections, up to this many frames; 0: off
+    split_gloss: bool = False  # render plastics' glossy part apart, so that their diffuse part keeps a long history
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -202,6 +203,9 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
                    help="temporal reuse on metals follows the reflection (where the previous view saw the same "
                         "reflected direction) instead of the surface, up to N frames; 0 turns it off "
                         "(default: preset)")
+    g.add_argument("--split-gloss", action=argparse.BooleanOptionalAction, default=None,
+                   help="render the glossy part of layered surfaces (plastics) apart, so that temporal reuse keeps "
+                        "a long history of their diffuse part (default: preset)")
     g.add_argument("--train-schedule", choices=["thread", "inline"], default=None,
                    help="thread: train beside the render loop; inline: in it, after each frame (default: preset)")
     g.add_argument("--crop", type=int, default=None, help="training crop side (default: preset)")
@@ -242,6 +246,7 @@ class Resolved:
     aux_spp: int | None = None  # of the albedo/normal pass; None: spp
     budget_aux_spp: int | None = None  # ... once over the frame budget; None: the same
     reflect_history: int = 0  # temporal reuse follows metals' reflections, up to this many frames; 0: off
+    split_gloss: bool = False  # plastics rendered with their glossy part apart (renderer/split.py)
 
     def to_dict(self) -> dict:
         return {"preset": self.preset.name, "model": self.model.to_dict(), "features": self.features.to_dict(),
@@ -249,7 +254,8 @@ class Resolved:
                 "precision": asdict(self.precision), "renders": self.renders, "target_spp": self.target_spp,
                 "pair": self.pair, "history": self.history, "rr_depth": self.rr_depth,
                 "frame_budget_ms": self.frame_budget_ms, "budget_batch": self.budget_batch, "aux_spp": self.aux_spp,
-                "budget_aux_spp": self.budget_aux_spp, "reflect_history": self.reflect_history}
+                "budget_aux_spp": self.budget_aux_spp, "reflect_history": self.reflect_history,
+                "split_gloss": self.split_gloss}
 
     def session_config(self, device, ring: int) -> SessionConfig:
         temporal = TemporalConfig(history=self.history, reflect_history=self.reflect_history)
@@ -392,6 +398,9 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     reflect = preset.reflect_history if reflect is None else reflect
     if reflect < 0:
         raise UserError(f"--reflect-history {reflect}: expected a number of frames, at least 0 (0 turns it off)")
+    split = getattr(args, "split_gloss", None)
+    if split and history < 2:
+        raise UserError("--split-gloss: the split lets temporal reuse keep two histories; it needs --history 2 or more")
     rr_flag = str(getattr(args, "rr_depth", "auto"))
     if rr_flag == "auto":
         rr_depth, budget = preset.rr_depth, preset.frame_budget_ms
@@ -407,7 +416,8 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     return Resolved(preset, model, features, train, spp, parse_res(args.res), precision, renders, target_spp, pair,
                     history, rr_depth or None, budget if rr_depth else None,
                     budget_batch if rr_depth and budget else None, aux_spp,
-                    budget_aux_spp if rr_depth and budget else None, reflect_history=reflect)
+                    budget_aux_spp if rr_depth and budget else None, reflect_history=reflect,
+                    split_gloss=preset.split_gloss if split is None else split)
 
 
 def prior_path(run: "Resolved", choice: str) -> Path | None:

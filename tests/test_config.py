@@ -72,6 +72,13 @@ def test_history_flag_sets_temporal_reuse():
         resolved("--history", "0")
 
 
+def test_the_split_render_is_an_option_that_needs_temporal_reuse():
+    assert not resolved().split_gloss
+    assert resolved("--split-gloss").to_dict()["split_gloss"]
+    with pytest.raises(UserError, match="--split-gloss.*--history 2"):
+        resolved("--split-gloss", "--history", "1")
+
+
 def test_metals_follow_their_reflections_in_the_cpu_preset_and_the_flag_sets_or_refuses_it():
     assert resolved().session_config("cpu", 16).temporal.reflect_history == 8
     assert resolved("--reflect-history", "0").session_config("cpu", 16).temporal.reflect_history == 0

@@ -184,6 +184,93 @@ def test_the_frame_carries_which_shapes_are_mirrors():
     assert not named["floor"] and not named["red-plastic"] and not f.mirrors[0]  # id 0: a ray that hit nothing
 
 
+def test_layered_bsdfs_are_those_with_a_diffuse_lobe_under_a_reflection():
+    from renderer.lobes import bsdf_layered
+
+    mi = Renderer(RenderConfig(scene="cornell-box", width=8, height=8, spp=1, arrays="numpy"))._mi
+    layered = lambda d: bsdf_layered(mi, mi.load_dict(d))
+    assert layered({"type": "roughplastic"}) and layered({"type": "plastic"}) and layered({"type": "principled"})
+    assert layered({"type": "twosided", "bsdf": {"type": "roughplastic"}})
+    for other in ({"type": "diffuse"}, {"type": "roughconductor"}, {"type": "conductor"}, {"type": "dielectric"}):
+        assert not layered(other), other
+    assert not bsdf_layered(mi, None)
+
+
+def test_path_depths_reads_the_scenes_path_tracer_or_refuses_what_the_split_tracer_lacks():
+    from renderer.scene import path_depths
+
+    xml = ('<scene version="3.0.0"><default name="max_depth" value="7"/><integrator type="path">'
+           '<integer name="max_depth" value="$max_depth"/></integrator></scene>')
+    assert path_depths(xml) == {"max_depth": 7, "rr_depth": 5}
+    assert path_depths(xml.replace("</integrator>", '<integer name="rr_depth" value="2"/></integrator>')) == {
+        "max_depth": 7, "rr_depth": 2}
+    assert path_depths('<scene version="3.0.0"><integrator type="path"/></scene>') == {"max_depth": -1, "rr_depth": 5}
+    assert path_depths(xml.replace("</integrator>", '<boolean name="hide_emitters" value="true"/></integrator>')) is None
+    assert path_depths(xml.replace('type="path"', 'type="volpath"')) is None
+    assert path_depths('<scene version="3.0.0"/>') is None
+
+
+def _plastic_plane_scene(tmp_path, diffuse: float) -> str:
+    """A rough plastic plane under a constant sky, seen at a slant: nothing but the sky to reflect or be lit by."""
+    xml = tmp_path / f"plastic_{diffuse}.xml"
+    xml.write_text(f"""<scene version="3.0.0">
+  <integrator type="path"><integer name="max_depth" value="4"/></integrator>
+  <sensor type="perspective"><float name="fov" value="30"/>
+    <transform name="to_world"><lookat origin="0, 2, 3" target="0, 0, 0" up="0, 1, 0"/></transform></sensor>
+  <emitter type="constant"><rgb name="radiance" value="1.0"/></emitter>
+  <shape type="rectangle"><transform name="to_world"><rotate x="1" angle="-90"/><scale value="4"/></transform>
+    <bsdf type="roughplastic"><float name="alpha" value="0.2"/>
+      <rgb name="diffuse_reflectance" value="{diffuse}, {diffuse * 0.5}, {diffuse * 0.25}"/></bsdf></shape>
+</scene>""")
+    return str(xml)
+
+
+def test_the_split_render_gives_the_glossy_part_of_a_plastic_apart_and_the_same_colour(tmp_path):
+    """Without a diffuse lobe to light, the plastic's colour is its glossy part alone: the split must find exactly it."""
+    split = Renderer(RenderConfig(scene=_plastic_plane_scene(tmp_path, 0.8), width=16, height=16, spp=1,
+                                  arrays="numpy", split_gloss=True))
+    black = Renderer(RenderConfig(scene=_plastic_plane_scene(tmp_path, 0.0), width=16, height=16, spp=1,
+                                  arrays="numpy"))
+    assert split.splits_gloss and any(split.layered)
+    pose = split.initial_pose
+    frames = [split.render_pair(pose) for _ in range(16)]
+    assert frames[0].gloss_a.shape == (16, 16, 3) and frames[0].layered == split.layered
+    for f in frames:
+        for color, gloss in ((f.color_a, f.gloss_a), (f.color_b, f.gloss_b)):
+            assert (gloss >= 0).all() and (gloss <= color + 1e-5).all()  # a part of each sample's colour
+    gloss = np.mean([(f.gloss_a + f.gloss_b) / 2 for f in frames], 0)
+    color = np.mean([(f.color_a + f.color_b) / 2 for f in frames], 0)
+    specular = np.mean([black.render_pass(pose, 16, seed=100 + i) for i in range(2)], 0)
+    plain = np.mean([split.render_pass(pose, 16, seed=200 + i) for i in range(2)], 0)  # the scene's own path tracer
+    on_plane = split.render_pair(pose).surface[..., 0] > 0
+    # Over 16 x 16 pixels of 32 samples each, the means agree to about 1%.
+    assert gloss[on_plane].mean(0) == pytest.approx(specular[on_plane].mean(0), rel=0.03)
+    assert color[on_plane].mean(0) == pytest.approx(plain[on_plane].mean(0), rel=0.03)
+    # The diffuse part is coloured by its reflectance (0.8 : 0.4 : 0.2), the glossy part is not.
+    diffuse = (color - gloss)[on_plane].mean(0)
+    assert diffuse[0] > 1.6 * diffuse[1] > 2.5 * diffuse[2]
+    assert abs(gloss[on_plane].mean(0)[0] / gloss[on_plane].mean(0)[2] - 1) < 0.1
+
+
+def test_the_split_render_is_only_used_where_a_shape_is_layered():
+    r = Renderer(RenderConfig(scene="glossy-metals", width=32, height=32, spp=1, aux_spp=16, arrays="numpy",
+                              split_gloss=True))
+    f = r.render_pair(r.initial_pose)
+    surface = np.round(f.surface[..., 0]).astype(int)
+    layered = np.array(f.layered)[np.clip(surface, 0, len(f.layered) - 1)] & (np.abs(f.surface[..., 0] - surface) < 1e-3)
+    # The colour renders' samples fall elsewhere in a pixel than the aux pass's: one pixel away from any layered
+    # pixel, none of them can have hit a layered shape.
+    padded = np.pad(~layered, 1, constant_values=True)
+    clear = np.all([padded[1 + dy:33 + dy, 1 + dx:33 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], 0)
+    clear &= np.abs(f.surface[..., 0] - surface) < 1e-3
+    assert clear.sum() > 100 and (f.gloss_a[clear] == 0).all()  # metals, the sky: no glossy part
+    assert f.gloss_a[layered].sum() > 0
+    diffuse_only = Renderer(RenderConfig(scene="cornell-box", width=16, height=16, spp=1, arrays="numpy",
+                                         split_gloss=True))
+    g = diffuse_only.render_pair(diffuse_only.initial_pose)
+    assert not diffuse_only.splits_gloss and g.gloss_a is None and g.layered is None
+
+
 def test_live_renders_start_russian_roulette_earlier_without_changing_the_image_or_the_references():
     early = Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1, rr_depth=1, arrays="numpy"))
     plain = Renderer(RenderConfig(scene="cornell-box", width=32, height=32, spp=1, arrays="numpy"))
