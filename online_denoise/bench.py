@@ -208,7 +208,7 @@ def run_bench(session: Session, options: BenchOptions) -> dict:
             if reusing:
                 images["oidn_reused"] = oidn_denoise(j.reused, j.albedo, j.normal)
         t0 = time.perf_counter()
-        session.denoiser.denoise_pair(j.frame_obj, session.config.pair)
+        session.denoiser.denoise_pair(j.frame_obj, session.config.pair, blend=session.config.blend)
         ours_ms.append((time.perf_counter() - t0) * 1000)
         for method in methods:
             quality[method].append({"frame": j.frame, "seconds": j.seconds, "steps": j.steps,

@@ -14,6 +14,7 @@ import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .blend import InputBlend
 from .denoiser import PAIR_MODES
 from .errors import UserError
 from .features import FEATURE_CHANNELS, FIREFLY_RATIO, FeatureSpec
@@ -63,6 +64,7 @@ class Preset:
     budget_aux_spp: int | None = None  # ... once the loop is over its frame budget; None: the same
     reflect_history: int = 0  # temporal reuse follows metals' reflections, up to this many frames; 0: off
     split_gloss: bool = False  # render plastics' glossy part apart, so that their diffuse part keeps a long history
+    metal_blend: bool = False  # metals' displayed colour pulled back towards the reused input where it is better
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -76,7 +78,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1, schedule="inline", spike_ratio=SPIKE_RATIO,
                        target_clip=TARGET_CLIP, crop_focus=CROP_FOCUS),
            spp=2, prior="cpu.pt", pair="mean", history=16, rr_depth=3, frame_budget_ms=250.0, budget_batch=6,
-           aux_spp=16, budget_aux_spp=8, reflect_history=REFLECT_HISTORY),
+           aux_spp=16, budget_aux_spp=8, reflect_history=REFLECT_HISTORY, metal_blend=True),
     Preset("gpu", "CUDA: the paper's width-48 U-Net with the 3-scale kernel-predicting head, 8 steps per frame",
            ModelConfig(width=48, depth=5, output="kpn", kernel_size=5, scales=3),
            TrainConfig(lr=1e-3, batch=8, crop=128, steps_per_frame=8, spike_ratio=SPIKE_RATIO), spp=8),
@@ -203,6 +205,9 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
                    help="temporal reuse on metals follows the reflection (where the previous view saw the same "
                         "reflected direction) instead of the surface, up to N frames; 0 turns it off "
                         "(default: preset)")
+    g.add_argument("--metal-blend", action=argparse.BooleanOptionalAction, default=None,
+                   help="pull the displayed colour of metals back towards the reused renders' mean where their "
+                        "noise says it is the better estimate (default: preset; on for cpu)")
     g.add_argument("--split-gloss", action=argparse.BooleanOptionalAction, default=None,
                    help="render the glossy part of layered surfaces (plastics) apart, so that temporal reuse keeps "
                         "a long history of their diffuse part (default: preset)")
@@ -247,6 +252,7 @@ class Resolved:
     budget_aux_spp: int | None = None  # ... once over the frame budget; None: the same
     reflect_history: int = 0  # temporal reuse follows metals' reflections, up to this many frames; 0: off
     split_gloss: bool = False  # plastics rendered with their glossy part apart (renderer/split.py)
+    metal_blend: bool = False  # metals' displayed colour pulled back towards the reused input (blend.py)
 
     def to_dict(self) -> dict:
         return {"preset": self.preset.name, "model": self.model.to_dict(), "features": self.features.to_dict(),
@@ -255,14 +261,15 @@ class Resolved:
                 "pair": self.pair, "history": self.history, "rr_depth": self.rr_depth,
                 "frame_budget_ms": self.frame_budget_ms, "budget_batch": self.budget_batch, "aux_spp": self.aux_spp,
                 "budget_aux_spp": self.budget_aux_spp, "reflect_history": self.reflect_history,
-                "split_gloss": self.split_gloss}
+                "split_gloss": self.split_gloss, "metal_blend": self.metal_blend}
 
     def session_config(self, device, ring: int) -> SessionConfig:
         temporal = TemporalConfig(history=self.history, reflect_history=self.reflect_history)
         return SessionConfig(self.model, self.features, self.train, str(device), ring, precision=self.precision,
                              pair=self.pair, temporal=temporal,
                              frame_budget_ms=self.frame_budget_ms, budget_batch=self.budget_batch,
-                             budget_aux_spp=self.budget_aux_spp)
+                             budget_aux_spp=self.budget_aux_spp,
+                             blend=InputBlend() if self.metal_blend and self.renders == 2 else None)
 
 
 def resolve(args: argparse.Namespace, device) -> Resolved:
@@ -398,6 +405,7 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     reflect = preset.reflect_history if reflect is None else reflect
     if reflect < 0:
         raise UserError(f"--reflect-history {reflect}: expected a number of frames, at least 0 (0 turns it off)")
+    blend = getattr(args, "metal_blend", None)
     split = getattr(args, "split_gloss", None)
     if split and history < 2:
         raise UserError("--split-gloss: the split lets temporal reuse keep two histories; it needs --history 2 or more")
@@ -417,7 +425,8 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
                     history, rr_depth or None, budget if rr_depth else None,
                     budget_batch if rr_depth and budget else None, aux_spp,
                     budget_aux_spp if rr_depth and budget else None, reflect_history=reflect,
-                    split_gloss=preset.split_gloss if split is None else split)
+                    split_gloss=preset.split_gloss if split is None else split,
+                    metal_blend=preset.metal_blend if blend is None else blend)
 
 
 def prior_path(run: "Resolved", choice: str) -> Path | None:

@@ -18,8 +18,9 @@ import torch
 from .arrays import pad_to, to_chw, to_hwc_numpy
 from .color import autoexposure
 from .errors import UserError
+from .blend import InputBlend, blend_mask, blend_towards_input
 from .features import (FeatureSpec, added_channels, background_mask, build_input, diffuse_mask, emitter_mask, finite,
-                       mean_frames, suppress_fireflies)
+                       mean_frames, shape_mask, suppress_fireflies)
 from .files import atomic_write
 from .model import ModelConfig, build_model, init_mix_row, widen_inputs
 from .precision import Precision
@@ -213,7 +214,7 @@ class Denoiser:
                 out[y0:y1, x0:x1] = to_hwc_numpy(y[..., y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0])
         return out
 
-    def denoise_pair(self, frame, pair: str = "both", each: str = "") -> "PairResult":
+    def denoise_pair(self, frame, pair: str = "both", each: str = "", blend: InputBlend | None = None) -> "PairResult":
         """The displayed image of a frame (a single-render frame: that render, denoised).
 
         pair="both" denoises the two renders in one batch and averages the
@@ -224,7 +225,9 @@ class Denoiser:
         2-spp image about as the mean's kernels filter the 4-spp average.
         ``each`` ("a", "b" or "ab") also denoises those renders on their own,
         in the same batch, for the error estimate; the displayed image stays
-        the mean's.
+        the mean's. With ``blend``, the displayed image of metal pixels is then
+        pulled back towards the renders' mean where that is the better
+        estimate (``blend.py``); the renders denoised on their own are not.
         """
         if pair not in PAIR_MODES:
             raise ValueError(f"pair mode {pair!r}: expected one of {PAIR_MODES}")
@@ -236,6 +239,7 @@ class Denoiser:
             colors.append(to_chw(frame.color_b, dev))
         single = len(colors) == 1
         mean = not single and pair == "mean"
+        pair_colors = colors
         frames = _frames(frame, dev, len(colors))
         if mean:
             chosen = [i for i, side in enumerate("ab") if side in each]
@@ -255,10 +259,15 @@ class Denoiser:
                                  _expand(diffuse, n))
         if single:
             return PairResult(out, out, None, self.version)
+        mirrors = getattr(frame, "mirrors", None)
+        metal = None
+        if blend is not None and surface is not None and mirrors is not None and any(mirrors):
+            metal = blend_mask(shape_mask(surface, mirrors), _frames(frame, dev, 2), blend)
+        shown = lambda x: x if metal is None else blend_towards_input(x, pair_colors[0], pair_colors[1], metal, blend)
         if mean:
             each_out = dict(zip([side for side in "ab" if side in each], out[1:].split(1)))
-            return PairResult(out[0:1], each_out.get("a"), each_out.get("b"), self.version)
-        return PairResult(out.mean(dim=0, keepdim=True), out[0:1], out[1:2], self.version)
+            return PairResult(shown(out[0:1]), each_out.get("a"), each_out.get("b"), self.version)
+        return PairResult(shown(out.mean(dim=0, keepdim=True)), out[0:1], out[1:2], self.version)
 
 
 @dataclass

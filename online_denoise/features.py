@@ -208,6 +208,15 @@ def background_mask(normal: torch.Tensor) -> torch.Tensor:
 STRADDLE = 0.05
 
 
+def shape_mask(surface: torch.Tensor, picked: tuple[bool, ...]) -> torch.Tensor:
+    """N x 1 x H x W, boolean: pixels wholly on one shape whose entry of ``picked`` (indexed by the aux pass's shape
+    index, as ``Frame.lobes``) is True; shape ids past the table's end (shapes inside instances) are not picked."""
+    table = torch.tensor([*picked, False], dtype=torch.bool, device=surface.device)
+    index = surface.round()
+    whole = (surface - index).abs() < STRADDLE
+    return whole & table[index.long().clamp(0, table.numel() - 1)] & (surface > 0)
+
+
 def diffuse_mask(surface: torch.Tensor, lobes: tuple[float, ...] | None) -> torch.Tensor | None:
     """N x 1 x H x W: 1 where a pixel lies on one shape whose BSDF has no view-dependent lobe, else 0.
 
@@ -221,11 +230,7 @@ def diffuse_mask(surface: torch.Tensor, lobes: tuple[float, ...] | None) -> torc
     """
     if lobes is None or not any(math.isinf(v) for v in lobes[1:]):
         return None
-    table = torch.tensor([*lobes, 0.0], dtype=torch.float32, device=surface.device)  # unknown ids: not diffuse
-    index = surface.round()
-    whole = (surface - index).abs() < STRADDLE
-    diffuse = torch.isinf(table[index.long().clamp(0, table.numel() - 1)])
-    return (whole & diffuse & (surface > 0)).float()
+    return shape_mask(surface, tuple(math.isinf(v) for v in lobes)).float()
 
 
 EDGE_JUMP = 0.1  # summed absolute change of albedo or normal between neighbours that counts as an edge

@@ -20,6 +20,7 @@ import torch
 
 from .arrays import to_chw
 from .budget import FrameBudget
+from .blend import InputBlend
 from .denoiser import PAIR_MODES, Checkpoint, Denoiser, PairResult, frame_exposure, save_checkpoint
 from .features import FeatureSpec
 from .metrics import error_estimate
@@ -129,6 +130,9 @@ class SessionConfig:
     # 16 spp cost 11 ms a frame over 8 (with coherent camera rays; 16 ms before) for the same quality; on
     # cornell-box they were worth 0.28 dB.
     budget_aux_spp: int | None = None
+    # The displayed colour of metals pulled back towards the reused renders' mean where that estimates it
+    # better (blend.py); None: the denoiser's output as it is.
+    blend: InputBlend | None = None
 
     def __post_init__(self):
         if self.pair not in PAIR_MODES:
@@ -251,7 +255,7 @@ class Session:
             # One render on its own is enough for an estimate, and a third image in the batch made every
             # estimate frame 77 ms slower (cornell); the renders take turns.
             each = "ab"[(self.frames // self.config.estimate_every) % 2]
-        result = self.denoiser.denoise_pair(frame, self.config.pair, each=each)
+        result = self.denoiser.denoise_pair(frame, self.config.pair, each=each, blend=self.config.blend)
         self._sync()
         t1 = time.perf_counter()
         if frame.color_b is not None and (result.denoised_a is not None or result.denoised_b is not None):
