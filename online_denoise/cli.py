@@ -159,7 +159,6 @@ def _renderer(args, spp: int, seed: int = 0, run=None):
                                  renders=run.renders if run else 2, target_spp=run.target_spp if run else None,
                                  rr_depth=run.rr_depth if run else None, aux_spp=run.aux_spp if run else None,
                                  early_roulette=run is not None and run.frame_budget_ms is None,
-                                 split_gloss=bool(run and run.split_gloss and run.history > 1),
                                  guide_share=guide.SHARE if run and "specular" in run.features.features else 0.0))
 
 

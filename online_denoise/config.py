@@ -63,7 +63,6 @@ class Preset:
     aux_spp: int | None = None  # samples per pixel of the albedo/normal pass; None: the renders' spp
     budget_aux_spp: int | None = None  # ... once the loop is over its frame budget; None: the same
     reflect_history: int = 0  # temporal reuse follows metals' reflections, up to this many frames; 0: off
-    split_gloss: bool = False  # render plastics' glossy part apart, so that their diffuse part keeps a long history
     metal_blend: bool = False  # metals' displayed colour pulled back towards the reused input where it is better
 
 
@@ -208,9 +207,6 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--metal-blend", action=argparse.BooleanOptionalAction, default=None,
                    help="pull the displayed colour of metals back towards the reused renders' mean where their "
                         "noise says it is the better estimate (default: preset; on for cpu)")
-    g.add_argument("--split-gloss", action=argparse.BooleanOptionalAction, default=None,
-                   help="render the glossy part of layered surfaces (plastics) apart, so that temporal reuse keeps "
-                        "a long history of their diffuse part (default: preset)")
     g.add_argument("--train-schedule", choices=["thread", "inline"], default=None,
                    help="thread: train beside the render loop; inline: in it, after each frame (default: preset)")
     g.add_argument("--crop", type=int, default=None, help="training crop side (default: preset)")
@@ -251,7 +247,6 @@ class Resolved:
     aux_spp: int | None = None  # of the albedo/normal pass; None: spp
     budget_aux_spp: int | None = None  # ... once over the frame budget; None: the same
     reflect_history: int = 0  # temporal reuse follows metals' reflections, up to this many frames; 0: off
-    split_gloss: bool = False  # plastics rendered with their glossy part apart (renderer/split.py)
     metal_blend: bool = False  # metals' displayed colour pulled back towards the reused input (blend.py)
 
     def to_dict(self) -> dict:
@@ -261,7 +256,7 @@ class Resolved:
                 "pair": self.pair, "history": self.history, "rr_depth": self.rr_depth,
                 "frame_budget_ms": self.frame_budget_ms, "budget_batch": self.budget_batch, "aux_spp": self.aux_spp,
                 "budget_aux_spp": self.budget_aux_spp, "reflect_history": self.reflect_history,
-                "split_gloss": self.split_gloss, "metal_blend": self.metal_blend}
+                "metal_blend": self.metal_blend}
 
     def session_config(self, device, ring: int) -> SessionConfig:
         temporal = TemporalConfig(history=self.history, reflect_history=self.reflect_history)
@@ -406,9 +401,6 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     if reflect < 0:
         raise UserError(f"--reflect-history {reflect}: expected a number of frames, at least 0 (0 turns it off)")
     blend = getattr(args, "metal_blend", None)
-    split = getattr(args, "split_gloss", None)
-    if split and history < 2:
-        raise UserError("--split-gloss: the split lets temporal reuse keep two histories; it needs --history 2 or more")
     rr_flag = str(getattr(args, "rr_depth", "auto"))
     if rr_flag == "auto":
         rr_depth, budget = preset.rr_depth, preset.frame_budget_ms
@@ -425,7 +417,6 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
                     history, rr_depth or None, budget if rr_depth else None,
                     budget_batch if rr_depth and budget else None, aux_spp,
                     budget_aux_spp if rr_depth and budget else None, reflect_history=reflect,
-                    split_gloss=preset.split_gloss if split is None else split,
                     metal_blend=preset.metal_blend if blend is None else blend)
 
 

@@ -318,7 +318,6 @@ class TemporalReuse:
         self._prev: dict | None = None
         self._lobe_table: tuple | None = None  # the frames' lobe tuple and the tensor made from it
         self._mirror_table: tuple | None = None  # the frames' mirrors tuple and the tensor made from it
-        self._layered_table: tuple | None = None  # the frames' layered tuple and the tensor made from it
 
     def apply(self, frame):
         """The frame with each colour replaced by its reprojected running mean, and the mean history length."""
@@ -340,16 +339,9 @@ class TemporalReuse:
             solid &= ~near_light
         depth = camera_coordinates(position, frame.pose)[:, 2:3]
         mirror = self._mirror_pixels(getattr(frame, "mirrors", None), surface, solid, position, normal, frame.pose)
-        layered = self._layered_pixels(frame, surface, len(colors))
-        if layered is not None:
-            # The diffuse parts first, then the glossy ones: each keeps a history of its own.
-            glosses = [torch.where(layered, finite(to_chw(g, dev)), 0.0) for g in (frame.gloss_a, frame.gloss_b)
-                       if g is not None]
-            colors = [c - g for c, g in zip(colors, glosses)] + glosses
 
         prev = self._prev
-        if (prev is None or prev["shape"] != (h, w) or len(prev["colors"]) != len(colors)
-                or (prev["layered"] is None) != (layered is None)):
+        if prev is None or prev["shape"] != (h, w) or len(prev["colors"]) != len(colors):
             counts = [torch.ones(1, 1, h, w, device=dev) for _ in colors]
             means = colors
         else:
@@ -357,15 +349,10 @@ class TemporalReuse:
             view_cap = self._view_cap(widths, position, frame.pose, prev["pose"])
             diffuse = None if widths is None or self.config.test_diffuse else torch.isposinf(widths)
             counts, means = self._blend(prev, colors, position, surface, albedo, normal, solid, view_cap, diffuse,
-                                        h, w, mirror, layered)
+                                        h, w, mirror)
         self._prev = {"shape": (h, w), "colors": means, "counts": counts, "depth": depth, "albedo": albedo,
                       "normal": normal, "surface": surface, "solid": solid.float(), "pose": frame.pose,
-                      "reflect": None if mirror is None else mirror[2], "layered": layered}
-        if layered is not None:
-            n = len(means) // 2
-            # A layered pixel's colour is as noisy as its shorter history says.
-            counts = [torch.where(layered, torch.minimum(c, g), c) for c, g in zip(counts[:n], counts[n:])]
-            means = [d + g for d, g in zip(means[:n], means[n:])]
+                      "reflect": None if mirror is None else mirror[2]}
         hwc = [m[0].permute(1, 2, 0) for m in means]
         spans = [c[0].permute(1, 2, 0) for c in counts]
         reused = replace(frame, color_a=hwc[0], color_b=hwc[1] if len(hwc) > 1 else None,
@@ -405,20 +392,6 @@ class TemporalReuse:
         field[:, index] = directions.T
         return index, directions, field.view(1, 3, h, w)
 
-    def _layered_pixels(self, frame, surface, renders: int) -> torch.Tensor | None:
-        """The pixels on a layered shape (1 x 1 x H x W), where the frame carries its renders' glossy parts; None:
-        no such pixel, or no split render."""
-        table = getattr(frame, "layered", None)
-        glosses = [g for g in (getattr(frame, "gloss_a", None), getattr(frame, "gloss_b", None)) if g is not None]
-        if table is None or len(glosses) != renders or not any(table):
-            return None
-        if self._layered_table is None or self._layered_table[0] is not table:
-            # One more entry for shape ids the table does not know (shapes inside instances): not layered.
-            self._layered_table = (table, torch.tensor([*table, False], dtype=torch.bool, device=self.device))
-        lookup = self._layered_table[1]
-        # A pixel straddling two shapes rounds to one of them; its glossy part is still its own samples'.
-        return lookup[surface.round().long().clamp(0, lookup.numel() - 1)]
-
     def _view_cap(self, widths, position, pose, prev_pose) -> torch.Tensor:
         """The longest history each pixel's shading allows, given how far the view turned since the last frame.
 
@@ -435,11 +408,7 @@ class TemporalReuse:
         frames = torch.where(turn > 1e-7, cfg.lobe_fraction * width / turn.clamp_min(1e-7), math.inf)
         return frames.floor().clamp(1, cfg.history)
 
-    def _blend(self, prev, colors, position, surface, albedo, normal, solid, view_cap, diffuse, h, w, mirror=None,
-               layered=None):
-        """The new counts and means of ``colors``. With ``layered`` (a mask), ``colors`` holds each render's diffuse
-        part, then each one's glossy part: on layered pixels the diffuse parts are judged as a diffuse shape's
-        colour (no stale test, no lobe cap) and the glossy parts as the whole colour would be without the split."""
+    def _blend(self, prev, colors, position, surface, albedo, normal, solid, view_cap, diffuse, h, w, mirror=None):
         cfg = self.config
         grid, depth_then = project(position, prev["pose"], h, w)
         # The geometry that decides whether to trust the history is read bilinearly, the colours with the sharper
@@ -478,17 +447,10 @@ class TemporalReuse:
         old_colors = [looked[:, 3 * i:3 * i + 3].clamp_min(0.0) for i in range(len(colors))]
         sharp = sharp_shading(old_colors, cfg.sharp_ratio) if cfg.sharp_ratio else None
         counts, means = [], []
-        parts = len(colors) // 2 if layered is not None else len(colors)
         for i, (old, new) in enumerate(zip(old_colors, colors)):
-            exempt, cap_view, tested = diffuse, view_cap, same
-            if layered is not None and i < parts:  # a diffuse part
-                exempt = layered if diffuse is None else diffuse | layered
-                cap_view = torch.where(layered, float(cfg.history), view_cap)
-            elif layered is not None:  # a glossy part: 0 off the layered pixels, which would dilute its test
-                tested = same & layered
-            stale, doubtful = self._stale(old, new, tested, old_counts[:, i:i + 1], exempt)
-            keep = tested & ~stale
-            cap = torch.minimum(torch.where(doubtful, min(cfg.doubt_history, cfg.history), cfg.history), cap_view)
+            stale, doubtful = self._stale(old, new, same, old_counts[:, i:i + 1], diffuse)
+            keep = same & ~stale
+            cap = torch.minimum(torch.where(doubtful, min(cfg.doubt_history, cfg.history), cfg.history), view_cap)
             if sharp is not None:
                 cap = torch.where(sharp[:, i:i + 1], cap.clamp_max(cfg.sharp_history), cap)
             count = torch.where(keep, torch.minimum(old_counts[:, i:i + 1] + 1, cap), torch.ones_like(new[:, :1]))

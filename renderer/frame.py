@@ -37,12 +37,6 @@ class Frame:
     indexed alike, says which shapes show only a reflection (metals: no
     diffuse lobe, no transmission; ``renderer.lobes.bsdf_mirrors``).
 
-    ``gloss_a`` and ``gloss_b`` (H x W x 3) are the parts of ``color_a`` and
-    ``color_b`` that the glossy and smooth reflection lobes of layered shapes
-    (plastics) carry, from ``split.py``'s path tracer; 0 on every other shape.
-    ``layered``, indexed like ``lobes``, says which shapes are layered. All
-    three are None when the colours were rendered unsplit.
-
     ``frames_a`` and ``frames_b`` (H x W x 1) are never set by the renderer:
     temporal reuse, downstream, replaces each colour with a running mean over
     past frames and records there how many frames each pixel's mean spans.
@@ -68,9 +62,6 @@ class Frame:
     specular: Any | None = None
     lobes: tuple[float, ...] | None = None
     mirrors: tuple[bool, ...] | None = None
-    gloss_a: Any | None = None
-    gloss_b: Any | None = None
-    layered: tuple[bool, ...] | None = None
     frames_a: Any | None = None
     frames_b: Any | None = None
     raw_a: Any | None = None

@@ -73,18 +73,6 @@ def bsdf_mirrors(mi, bsdf) -> bool:
     return bool(reflects) and not flags & (int(f.DiffuseReflection) | int(f.Transmission))
 
 
-def bsdf_layered(mi, bsdf) -> bool:
-    """Whether the BSDF is layered: a diffuse reflection lobe under a glossy or smooth reflection one (a plastic).
-
-    Its colour holds diffuse shading, which stays on the surface, and a
-    reflection, which slides over it; ``split.py``'s render gives the two apart.
-    """
-    if bsdf is None:
-        return False
-    flags, f = int(bsdf.flags()), mi.BSDFFlags
-    return bool(flags & int(f.DiffuseReflection)) and bool(flags & (int(f.GlossyReflection) | int(f.DeltaReflection)))
-
-
 def _shape_table(mi, scene, of, missing):
     import drjit as dr
 
@@ -113,8 +101,3 @@ def shape_lobes(mi, scene) -> tuple[float, ...] | None:
 def shape_mirrors(mi, scene) -> tuple[bool, ...] | None:
     """Every shape's ``bsdf_mirrors``, indexed like ``shape_lobes``; None on the scalar variants."""
     return _shape_table(mi, scene, bsdf_mirrors, False)
-
-
-def shape_layered(mi, scene) -> tuple[bool, ...] | None:
-    """Every shape's ``bsdf_layered``, indexed like ``shape_lobes``; None on the scalar variants."""
-    return _shape_table(mi, scene, bsdf_layered, False)

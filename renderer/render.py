@@ -22,14 +22,13 @@ import numpy as np
 
 from . import aux as aux_pass
 from . import guide as guide_pass
-from . import split as split_pass
 from . import workers
 from .camera import CameraPath, Pose, load_path, orbit_path
 from .errors import RendererError
 from .frame import Frame
-from .lobes import shape_layered, shape_lobes, shape_mirrors
-from .scene import (DEFAULT_SCENE, SceneError, SceneInfo, live_integrator_xml, path_depths, prepare_xml,
-                    resolve_scene, scene_digest)
+from .lobes import shape_lobes, shape_mirrors
+from .scene import (DEFAULT_SCENE, SceneError, SceneInfo, live_integrator_xml, prepare_xml, resolve_scene,
+                    scene_digest)
 from .variant import activate, choose_variant
 
 # A session draws its seeds from [seed * SEEDS_PER_SESSION, (seed + 1) * SEEDS_PER_SESSION):
@@ -71,9 +70,6 @@ class RenderConfig:
     early_roulette: bool = True
     # Also render the specular guide (guide.py) at this fraction of the aux pass's samples; 0: no guide.
     guide_share: float = 0.0
-    # Render the colours with split.py's path tracer, which also gives the glossy part of layered surfaces
-    # (plastics) apart, where the scene has such a surface and renders with a plain ``path`` integrator.
-    split_gloss: bool = False
 
     def __post_init__(self):
         if self.width < 1 or self.height < 1:
@@ -116,23 +112,15 @@ class Renderer:
             raise SceneError(f"{self.scene_info.xml}: Mitsuba could not load it: {msg[-1] if msg else e}") from None
         self.sensor = self.scene.sensors()[0]
         self._scene_integrator = self.scene.integrator()  # references
-        self.lobes = shape_lobes(mi, self.scene)
-        self.mirrors = shape_mirrors(mi, self.scene)
-        self.layered = shape_layered(mi, self.scene)
-        split = self._load_split_integrators(xml, config.rr_depth) if config.split_gloss else None
-        # The live colour renders: the plain one (the scene's roulette) and the early-roulette one, or None.
-        if split is not None:
-            self._plain_integrator, self._early_integrator = split
-        else:
-            self._plain_integrator = self._scene_integrator
-            self._early_integrator = self._load_early_integrator(xml, config.rr_depth)
-        self.splits_gloss = split is not None
-        self._color_integrator = self._plain_integrator
+        self._early_integrator = self._load_early_integrator(xml, config.rr_depth)
+        self._color_integrator = self._scene_integrator
         self.set_early_roulette(config.early_roulette)
         self._aux_integrator = mi.load_dict(aux_pass.integrator(mi))
         guide = guide_pass.integrator(mi) if config.guide_share > 0 else None
         self._guide_integrator = mi.load_dict(guide) if guide is not None else None
         self.aux_spp = config.aux_spp  # None: each frame's colour spp; set_aux_spp changes it
+        self.lobes = shape_lobes(mi, self.scene)
+        self.mirrors = shape_mirrors(mi, self.scene)
         self.keeps_jit_arrays = config.arrays == "dlpack" or (config.arrays == "auto" and self.variant.startswith("cuda"))
         if self.keeps_jit_arrays and self.variant.startswith("scalar"):
             raise RendererError("arrays 'dlpack' needs a JIT variant (cuda_ad_rgb or llvm_ad_rgb)")
@@ -168,24 +156,6 @@ class Renderer:
             return self._mi.load_string(early)
         except Exception:  # Mitsuba reports load problems as RuntimeError
             return None
-
-    def _load_split_integrators(self, xml: str, rr_depth: int | None):
-        """split.py's path tracer with the scene's roulette and with early roulette; None where it does not apply.
-
-        It applies where some shape is layered and the scene's integrator is a
-        plain ``path`` (``scene.path_depths``). Where the scene sets its own
-        ``rr_depth``, early roulette leaves it, as for the scene's own integrator.
-        """
-        depths = path_depths(xml)
-        if depths is None or not self.layered or not any(self.layered):
-            return None
-        plain = split_pass.integrator(self._mi, depths["max_depth"], depths["rr_depth"])
-        if plain is None:
-            return None
-        early = None
-        if rr_depth is not None and live_integrator_xml(xml, rr_depth) is not None:
-            early = self._mi.load_dict(split_pass.integrator(self._mi, depths["max_depth"], rr_depth))
-        return self._mi.load_dict(plain), early
 
     def _find_sensor_key(self) -> str:
         keys = [k[: -len(".to_world")] for k in self._params.keys() if k.endswith(".to_world")]
@@ -300,12 +270,8 @@ class Renderer:
             timings[f"render_{name}"] = (time.perf_counter() - t0) * ms
             return image
 
-        image_a = timed("a", self._color_integrator, spp)
-        image_b = timed("b", self._color_integrator, spp) if self.config.renders == 2 else None
-        color_a, color_b = (None if x is None else x[:, :, 0:3] for x in (image_a, image_b))
-        gloss_a = gloss_b = None
-        if self.splits_gloss:
-            gloss_a, gloss_b = (None if x is None else x[:, :, split_pass.GLOSS] for x in (image_a, image_b))
+        color_a = timed("a", self._color_integrator, spp)[:, :, 0:3]
+        color_b = timed("b", self._color_integrator, spp)[:, :, 0:3] if self.config.renders == 2 else None
         aux = timed("aux", self._aux_integrator, aux_spp)
         specular = None
         if self._guide_integrator is not None:
@@ -329,8 +295,7 @@ class Renderer:
         return Frame(color_a, color_b, albedo, own(aux[:, :, aux_pass.NORMAL]), pose, index, seeds, spp, timings,
                      target, self.config.target_spp or 0, position=own(aux[:, :, aux_pass.POSITION]),
                      surface=own(aux[:, :, aux_pass.SHAPE]), emission=own(aux[:, :, aux_pass.EMISSION]),
-                     specular=specular, lobes=self.lobes, mirrors=self.mirrors, gloss_a=gloss_a, gloss_b=gloss_b,
-                     layered=self.layered if self.splits_gloss else None)
+                     specular=specular, lobes=self.lobes, mirrors=self.mirrors)
 
     def set_aux_spp(self, spp: int) -> None:
         """Samples per pixel of the albedo/normal pass from the next frame on."""
@@ -343,12 +308,12 @@ class Renderer:
 
         Off where the scene's integrator has no Russian roulette to move, or sets its own ``rr_depth``.
         """
-        self._color_integrator = self._early_integrator if on and self._early_integrator else self._plain_integrator
+        self._color_integrator = self._early_integrator if on and self._early_integrator else self._scene_integrator
         return self.early_roulette
 
     @property
     def early_roulette(self) -> bool:
-        return self._color_integrator is not self._plain_integrator
+        return self._color_integrator is not self._scene_integrator
 
     def _lower_worker_priority(self) -> None:
         """Once, after the first render has started Dr.Jit's thread pool."""

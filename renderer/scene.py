@@ -158,21 +158,6 @@ def prepare_xml(xml_path: Path, width: int, height: int, spp: int) -> str:
 ROULETTE_INTEGRATORS = ("path", "volpath", "volpathmis")
 
 
-def _own_integrator(root: ET.Element) -> ET.Element | None:
-    """A copy of the scene's integrator element with the scene's $name defaults filled in, to load on its own."""
-    integrator = _child(root, "integrator")
-    if integrator is None:
-        return None
-    defaults = {d.get("name"): d.get("value") for d in root if d.tag == "default"}
-    own = ET.fromstring(ET.tostring(integrator, encoding="unicode"))
-    for element in own.iter():
-        for key, value in element.attrib.items():
-            if value.startswith("$") and value[1:] in defaults:
-                element.set(key, defaults[value[1:]])
-    own.set("version", root.get("version", "3.0.0"))
-    return own
-
-
 def live_integrator_xml(scene_xml: str, rr_depth: int) -> str | None:
     """The scene's integrator on its own, with Russian roulette from path depth ``rr_depth``.
 
@@ -182,36 +167,18 @@ def live_integrator_xml(scene_xml: str, rr_depth: int) -> str | None:
     itself (the scene's choice stands).
     """
     root = ET.fromstring(scene_xml)
-    live = _own_integrator(root)
-    if live is None or live.get("type") not in ROULETTE_INTEGRATORS:
+    integrator = _child(root, "integrator")
+    if integrator is None or integrator.get("type") not in ROULETTE_INTEGRATORS:
         return None
-    if any(c.get("name") == "rr_depth" for c in live):
+    if any(c.get("name") == "rr_depth" for c in integrator):
         return None
+    # The integrator is loaded outside its scene, so the scene's $name defaults are filled in here.
+    defaults = {d.get("name"): d.get("value") for d in root if d.tag == "default"}
+    live = ET.fromstring(ET.tostring(integrator, encoding="unicode"))
+    for element in live.iter():
+        for key, value in element.attrib.items():
+            if value.startswith("$") and value[1:] in defaults:
+                element.set(key, defaults[value[1:]])
+    live.set("version", root.get("version", "3.0.0"))
     _prop(live, "integer", "rr_depth", rr_depth)
     return ET.tostring(live, encoding="unicode")
-
-
-# The split path tracer (split.py) is Mitsuba's path tracer with these of its properties; a scene whose
-# path tracer sets any other (hide_emitters, say) keeps its own integrator, unsplit.
-SPLIT_PROPERTIES = {"max_depth": -1, "rr_depth": 5}
-
-
-def path_depths(scene_xml: str) -> dict[str, int] | None:
-    """The scene's ``path`` integrator's max_depth and rr_depth (Mitsuba's defaults where unset).
-
-    None where the scene renders with another integrator, or sets a property
-    the split path tracer does not have.
-    """
-    integrator = _own_integrator(ET.fromstring(scene_xml))
-    if integrator is None or integrator.get("type") != "path":
-        return None
-    values = dict(SPLIT_PROPERTIES)
-    for prop in integrator:
-        name = prop.get("name")
-        if name not in values or prop.tag != "integer":
-            return None
-        try:
-            values[name] = int(prop.get("value"))
-        except (TypeError, ValueError):
-            return None
-    return values

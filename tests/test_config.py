@@ -72,11 +72,13 @@ def test_history_flag_sets_temporal_reuse():
         resolved("--history", "0")
 
 
-def test_the_split_render_is_an_option_that_needs_temporal_reuse():
-    assert not resolved().split_gloss
-    assert resolved("--split-gloss").to_dict()["split_gloss"]
-    with pytest.raises(UserError, match="--split-gloss.*--history 2"):
-        resolved("--split-gloss", "--history", "1")
+def test_the_metal_blend_is_on_in_the_cpu_preset_for_pairs_and_the_flag_turns_it_off():
+    from online_denoise.blend import InputBlend
+
+    assert resolved().session_config("cpu", 16).blend == InputBlend()
+    assert resolved("--no-metal-blend").session_config("cpu", 16).blend is None
+    assert not resolved("--preset", "gpu").metal_blend
+    assert resolved("--target", "blindspot").session_config("cpu", 16).blend is None  # one render: no pair to estimate from
 
 
 def test_metals_follow_their_reflections_in_the_cpu_preset_and_the_flag_sets_or_refuses_it():

@@ -377,38 +377,6 @@ def test_the_stale_test_spares_diffuse_shapes(lobes, test_diffuse, restarts):
     np.testing.assert_allclose(got[:8], 1.0, rtol=1e-6)
 
 
-def test_a_layered_surface_keeps_its_diffuse_history_when_its_reflection_goes_stale():
-    """A plastic's reflection jumps in one block: with the glossy part apart, only that part restarts there."""
-    lobes, layered = (math.inf, math.inf, math.inf, 0.2), (False, False, False, True)
-    ones = np.ones((H, W, 3), np.float32)
-    split = TemporalReuse(TemporalConfig(history=8))
-    whole = TemporalReuse(TemporalConfig(history=8))
-    gloss = 0.2 * ones
-    for _ in range(3):
-        split.apply(replace(frame(1), color_a=ones, color_b=ones, lobes=lobes, gloss_a=gloss, gloss_b=gloss,
-                            layered=layered))
-        whole.apply(replace(frame(1), color_a=ones, color_b=ones, lobes=lobes))
-    # The diffuse part drifts within what its noise explains (0.8 -> 1.2 on this frame); the glossy part jumps.
-    new_gloss = gloss.copy()
-    new_gloss[8:16, 8:16] = 2.2
-    new = 1.2 + new_gloss
-    out, _ = split.apply(replace(frame(2), color_a=new, color_b=new, lobes=lobes, gloss_a=new_gloss,
-                                 gloss_b=new_gloss, layered=layered))
-    got = to_numpy(out.color_a)
-    # Diffuse: (3 x 0.8 + 1.2) / 4; glossy: restarted at 2.2.
-    np.testing.assert_allclose(got[8:16, 8:16], 0.9 + 2.2, rtol=1e-5)
-    np.testing.assert_allclose(to_numpy(out.frames_a)[8:16, 8:16], 1.0)  # as noisy as its shorter history
-    # Elsewhere both parts keep going: the diffuse part needs no lobe cap or stale test, the glossy part passes it.
-    np.testing.assert_allclose(got[:8], 0.9 + 0.2, rtol=1e-5)
-    np.testing.assert_allclose(to_numpy(out.frames_a)[:8], 4.0)
-    # Unsplit, the whole colour of the block restarts, and its diffuse part with it.
-    plain, _ = whole.apply(replace(frame(2), color_a=new, color_b=new, lobes=lobes))
-    np.testing.assert_allclose(to_numpy(plain.color_a)[8:16, 8:16], 3.4, rtol=1e-5)
-    # A frame without the glossy parts (the split turned off, or a file) restarts the split histories.
-    again, _ = split.apply(replace(frame(2), color_a=new, color_b=new, lobes=lobes))
-    np.testing.assert_allclose(to_numpy(again.frames_a), 1.0)
-
-
 def test_a_history_that_is_only_doubtful_is_shortened_not_restarted():
     """A block off by 2-4 noise sigmas (a slowly moving reflection) blends the new samples in at 1/4 at least."""
     ones = np.ones((H, W, 3), np.float32)
