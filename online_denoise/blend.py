@@ -21,9 +21,9 @@ render and the window's estimates are as noisy as it (the first frame lost
 0.36 dB without that gate).
 
 Measured on glossy-metals (401 frames from the prior, `--rr-depth 0`, same
-frames 50-400 against a run without; window 5, gamma 4, ungated): +0.03 to
-+0.42 dB (mean +0.18), HDR-FLIP better or equal at all eight. Display only:
-the error estimate and training never see it.
+frames 50-400 against a run without; window 5, gamma 4): +0.03 to +0.61 dB
+(mean +0.21), HDR-FLIP better at five of eight and equal at two; the first
+frame unchanged. Display only: the error estimate and training never see it.
 """
 
 from __future__ import annotations
