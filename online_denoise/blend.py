@@ -68,10 +68,22 @@ def blend_towards_input(denoised: torch.Tensor, a: torch.Tensor, b: torch.Tensor
     """``denoised`` (1 x 3 x H x W, linear) mixed with the mean of ``a`` and ``b`` where ``mask`` (1 x 1 x H x W) is set."""
     r = config.window // 2
     box = lambda q: F.avg_pool2d(F.pad(q, (r, r, r, r), mode="replicate"), config.window, 1)
-    ours, a, b = denoised.float(), a.float(), b.float()
-    ea, eb, eo, ex = (_TRANSFER.forward(x) for x in (a, b, ours, (a + b) / 2))
+    ours = denoised.float()
+    # Only the masked pixels' box, and the window around it, is computed: the transfer's powers are most of the
+    # cost, and the metals are a part of the frame.
+    rows, cols = mask[0, 0].any(1).nonzero(), mask[0, 0].any(0).nonzero()
+    if not rows.numel():
+        return ours
+    h, w = mask.shape[-2:]
+    y0, y1 = max(int(rows[0]) - r, 0), min(int(rows[-1]) + r + 1, h)
+    x0, x1 = max(int(cols[0]) - r, 0), min(int(cols[-1]) + r + 1, w)
+    crop = lambda x: x[..., y0:y1, x0:x1].float()
+    o, a, b = crop(ours), crop(a), crop(b)
+    ea, eb, eo, ex = (_TRANSFER.forward(x) for x in (a, b, o, (a + b) / 2))
     variance = box(((ea - eb) ** 2).mean(1, keepdim=True)) / 4
     bias = (box(((eo - ex) ** 2).mean(1, keepdim=True)) - variance).clamp_min(0)
     weight = bias / (bias + config.gamma * variance).clamp_min(1e-12)
     mixed = _TRANSFER.inverse(eo + weight * (ex - eo))
-    return torch.where(mask & (weight > 0), mixed, ours)
+    out = ours.clone()
+    out[..., y0:y1, x0:x1] = torch.where(crop(mask).bool() & (weight > 0), mixed, o)
+    return out
