@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from .arrays import pad_to, to_chw, to_hwc_numpy
+from .blend import InputBlend, blend_mask, blend_towards_input
 from .color import autoexposure
 from .errors import UserError
-from .blend import InputBlend, blend_mask, blend_towards_input
 from .features import (FeatureSpec, added_channels, background_mask, build_input, diffuse_mask, emitter_mask, finite,
                        mean_frames, shape_mask, suppress_fireflies)
 from .files import atomic_write
@@ -239,7 +239,7 @@ class Denoiser:
             colors.append(to_chw(frame.color_b, dev))
         single = len(colors) == 1
         mean = not single and pair == "mean"
-        pair_colors = colors
+        pair_colors = colors  # the two renders themselves, which the display blend reads
         frames = _frames(frame, dev, len(colors))
         if mean:
             chosen = [i for i, side in enumerate("ab") if side in each]
