@@ -77,13 +77,13 @@ def blend_towards_input(denoised: torch.Tensor, a: torch.Tensor, b: torch.Tensor
     h, w = mask.shape[-2:]
     y0, y1 = max(int(rows[0]) - r, 0), min(int(rows[-1]) + r + 1, h)
     x0, x1 = max(int(cols[0]) - r, 0), min(int(cols[-1]) + r + 1, w)
-    crop = lambda x: x[..., y0:y1, x0:x1].float()
-    o, a, b = crop(ours), crop(a), crop(b)
+    crop = lambda x: x[..., y0:y1, x0:x1]
+    o, a, b = crop(ours), crop(a).float(), crop(b).float()
     ea, eb, eo, ex = (_TRANSFER.forward(x) for x in (a, b, o, (a + b) / 2))
     variance = box(((ea - eb) ** 2).mean(1, keepdim=True)) / 4
     bias = (box(((eo - ex) ** 2).mean(1, keepdim=True)) - variance).clamp_min(0)
     weight = bias / (bias + config.gamma * variance).clamp_min(1e-12)
     mixed = _TRANSFER.inverse(eo + weight * (ex - eo))
     out = ours.clone()
-    out[..., y0:y1, x0:x1] = torch.where(crop(mask).bool() & (weight > 0), mixed, o)
+    out[..., y0:y1, x0:x1] = torch.where(crop(mask) & (weight > 0), mixed, o)
     return out

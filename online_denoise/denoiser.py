@@ -239,8 +239,8 @@ class Denoiser:
             colors.append(to_chw(frame.color_b, dev))
         single = len(colors) == 1
         mean = not single and pair == "mean"
-        pair_colors = colors  # the two renders themselves, which the display blend reads
         frames = _frames(frame, dev, len(colors))
+        pair_colors, pair_frames = colors, frames  # the two renders themselves, which the display blend reads
         if mean:
             chosen = [i for i, side in enumerate("ab") if side in each]
             colors = [(colors[0] + colors[1]) / 2] + [colors[i] for i in chosen]
@@ -262,7 +262,7 @@ class Denoiser:
         mirrors = getattr(frame, "mirrors", None)
         metal = None
         if blend is not None and surface is not None and mirrors is not None and any(mirrors):
-            metal = blend_mask(shape_mask(surface, mirrors), _frames(frame, dev, 2), blend)
+            metal = blend_mask(shape_mask(surface, mirrors), pair_frames, blend)
         shown = lambda x: x if metal is None else blend_towards_input(x, pair_colors[0], pair_colors[1], metal, blend)
         if mean:
             each_out = dict(zip([side for side in "ab" if side in each], out[1:].split(1)))
