@@ -42,6 +42,10 @@ CROP_FOCUS = 1.0
 # Glossy-metals, 401 frames from the prior, --rr-depth 0, same frames 100-400: following the metals' reflections
 # with up to 8 frames +0.54 to +1.20 dB, FLIP better at all four; up to 16 no better (docs/measurements.md).
 REFLECT_HISTORY = 8
+# Glossy-metals, 401 frames from the prior, --rr-depth 0, same frames 100-400: 6 more samples of each pixel whose
+# history restarted +0.18 to +0.79 dB, FLIP better at all four (docs/measurements.md).
+TOPUP_SPP = 6
+MAX_TOPUP_SPP = 64  # as a colour pass's; more is better spent on the renders themselves
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Preset:
     budget_aux_spp: int | None = None  # ... once the loop is over its frame budget; None: the same
     reflect_history: int = 0  # temporal reuse follows metals' reflections, up to this many frames; 0: off
     metal_blend: bool = False  # metals' displayed colour pulled back towards the reused input where it is better
+    topup_spp: int = 0  # more samples of each pixel whose history restarted (temporal.py); 0: none
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -77,7 +82,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            TrainConfig(lr=1e-3, batch=8, crop=96, steps_per_frame=1, schedule="inline", spike_ratio=SPIKE_RATIO,
                        target_clip=TARGET_CLIP, crop_focus=CROP_FOCUS),
            spp=2, prior="cpu.pt", pair="mean", history=16, rr_depth=3, frame_budget_ms=250.0, budget_batch=6,
-           aux_spp=16, budget_aux_spp=8, reflect_history=REFLECT_HISTORY, metal_blend=True),
+           aux_spp=16, budget_aux_spp=8, reflect_history=REFLECT_HISTORY, metal_blend=True,
+           topup_spp=TOPUP_SPP),
     Preset("gpu", "CUDA: the paper's width-48 U-Net with the 3-scale kernel-predicting head, 8 steps per frame",
            ModelConfig(width=48, depth=5, output="kpn", kernel_size=5, scales=3),
            TrainConfig(lr=1e-3, batch=8, crop=128, steps_per_frame=8, spike_ratio=SPIKE_RATIO), spp=8),
@@ -207,6 +213,9 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--metal-blend", action=argparse.BooleanOptionalAction, default=None,
                    help="pull the displayed colour of metals back towards the reused renders' mean where their "
                         "noise says it is the better estimate (default: preset; on for cpu)")
+    g.add_argument("--topup-spp", type=int, default=None, metavar="N",
+                   help="temporal reuse: render N more samples of each pixel whose history restarted this frame "
+                        "(disocclusions, silhouettes); 0 turns it off (default: preset; cpu 6)")
     g.add_argument("--train-schedule", choices=["thread", "inline"], default=None,
                    help="thread: train beside the render loop; inline: in it, after each frame (default: preset)")
     g.add_argument("--crop", type=int, default=None, help="training crop side (default: preset)")
@@ -248,6 +257,7 @@ class Resolved:
     budget_aux_spp: int | None = None  # ... once over the frame budget; None: the same
     reflect_history: int = 0  # temporal reuse follows metals' reflections, up to this many frames; 0: off
     metal_blend: bool = False  # metals' displayed colour pulled back towards the reused input (blend.py)
+    topup_spp: int = 0  # more samples of each pixel whose history restarted; 0: none
 
     def to_dict(self) -> dict:
         return {"preset": self.preset.name, "model": self.model.to_dict(), "features": self.features.to_dict(),
@@ -256,10 +266,11 @@ class Resolved:
                 "pair": self.pair, "history": self.history, "rr_depth": self.rr_depth,
                 "frame_budget_ms": self.frame_budget_ms, "budget_batch": self.budget_batch, "aux_spp": self.aux_spp,
                 "budget_aux_spp": self.budget_aux_spp, "reflect_history": self.reflect_history,
-                "metal_blend": self.metal_blend}
+                "metal_blend": self.metal_blend, "topup_spp": self.topup_spp}
 
     def session_config(self, device, ring: int) -> SessionConfig:
-        temporal = TemporalConfig(history=self.history, reflect_history=self.reflect_history)
+        temporal = TemporalConfig(history=self.history, reflect_history=self.reflect_history,
+                                  topup_spp=self.topup_spp if self.history > 1 else 0)
         return SessionConfig(self.model, self.features, self.train, str(device), ring, precision=self.precision,
                              pair=self.pair, temporal=temporal,
                              frame_budget_ms=self.frame_budget_ms, budget_batch=self.budget_batch,
@@ -401,6 +412,10 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
     if reflect < 0:
         raise UserError(f"--reflect-history {reflect}: expected a number of frames, at least 0 (0 turns it off)")
     blend = getattr(args, "metal_blend", None)
+    topup = getattr(args, "topup_spp", None)
+    topup = preset.topup_spp if topup is None else topup
+    if not 0 <= topup <= MAX_TOPUP_SPP:
+        raise UserError(f"--topup-spp {topup}: expected a sample count from 0 (off) to {MAX_TOPUP_SPP}")
     rr_flag = str(getattr(args, "rr_depth", "auto"))
     if rr_flag == "auto":
         rr_depth, budget = preset.rr_depth, preset.frame_budget_ms
@@ -417,7 +432,7 @@ def resolve(args: argparse.Namespace, device) -> Resolved:
                     history, rr_depth or None, budget if rr_depth else None,
                     budget_batch if rr_depth and budget else None, aux_spp,
                     budget_aux_spp if rr_depth and budget else None, reflect_history=reflect,
-                    metal_blend=preset.metal_blend if blend is None else blend)
+                    metal_blend=preset.metal_blend if blend is None else blend, topup_spp=topup)
 
 
 def prior_path(run: "Resolved", choice: str) -> Path | None:

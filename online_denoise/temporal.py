@@ -56,6 +56,16 @@ where the previous view saw the same reflected direction instead
 judges them. On glossy-metals (401 frames, same frames 100-400) that took
 the reused input up 1.4-3.8 dB and our output 0.5-1.2 dB, FLIP better at
 all four.
+
+Wherever a history restarts, a pixel holds its frame's 2 samples while its
+neighbours hold 10 or more, and such pixels (2-8% of the frame:
+disocclusions, silhouettes, stale reflections) held 8-74% of our squared
+error. With ``topup_spp`` the session renders that many more samples of just
+those pixels (``Renderer.render_pixels``: one pass for both renders, whose
+lanes are independent, so a and b stay independent) and averages them in
+(``add_samples``), counted as the frames' worth of samples they are. On
+glossy-metals (401 frames, same frames 100-400) 6 more samples took our
+output up 0.24-0.86 dB, FLIP better at all four, for 20-35 ms a frame.
 """
 
 from __future__ import annotations
@@ -104,6 +114,10 @@ class TemporalConfig:
     # 0: off, metals are reprojected with their surface like everything else.
     reflect_history: int = 0
     reflect_tolerance: float = 0.02  # radians: the most the found reflection may differ from this pixel's
+    # A pixel whose history restarted this frame (a disocclusion, a silhouette, a stale reflection) holds only
+    # its frame's few samples while its neighbours hold many; the session renders this many more samples of
+    # each such pixel (``restarted``, ``add_samples``); 0: none. See the module's docstring.
+    topup_spp: int = 0
 
     def __post_init__(self):
         if not isinstance(self.history, int) or self.history < 1:
@@ -121,6 +135,8 @@ class TemporalConfig:
         if not isinstance(self.reflect_history, int) or self.reflect_history < 0 or not self.reflect_tolerance > 0:
             raise ValueError(f"reflect_history {self.reflect_history!r} / reflect_tolerance {self.reflect_tolerance!r}: "
                              f"expected a whole number of frames (0: off) and a positive angle")
+        if not isinstance(self.topup_spp, int) or self.topup_spp < 0:
+            raise ValueError(f"topup_spp {self.topup_spp!r}: expected a whole number of samples, at least 0")
         if not (self.sharp_ratio == 0 or 1 < self.sharp_ratio < math.inf) or self.sharp_history < 1:
             raise ValueError(f"sharp_ratio {self.sharp_ratio!r} / sharp_history {self.sharp_history!r}: expected a "
                              f"ratio over 1 (0: off) and at least 1 frame")
@@ -359,6 +375,39 @@ class TemporalReuse:
                          frames_a=spans[0], frames_b=spans[1] if len(spans) > 1 else None,
                          raw_a=frame.color_a, raw_b=frame.color_b)
         return reused, float(sum(c.mean() for c in counts) / len(counts))
+
+    def restarted(self, frame) -> list[torch.Tensor]:
+        """Per render, the flat indices of the pixels whose history is one frame, after ``apply`` of ``frame``.
+
+        Only pixels that saw a surface: the background and directly seen
+        lights are shown as rendered, so more samples there would change nothing.
+        """
+        if self._prev is None:
+            return []
+        dev = self.device
+        hit = (to_chw(frame.position, dev) != 0).any(1)[0]
+        emission = getattr(frame, "emission", None)
+        if emission is not None:
+            hit &= ~emitter_mask(to_chw(emission, dev))[0, 0].bool()
+        return [((c[0, 0] <= 1) & hit).view(-1).nonzero().squeeze(1) for c in self._prev["counts"]]
+
+    def add_samples(self, render: int, index: torch.Tensor, colors: torch.Tensor, spp: int, frame_spp: int) -> None:
+        """Average ``spp`` new samples of each pixel (``colors``: n x 3) into render ``render``'s running mean.
+
+        A mean of c frames holds c * frame_spp samples, so the new ones weigh
+        spp / (c * frame_spp + spp), and the count grows by spp / frame_spp:
+        the next frame's samples, the stale test's noise and the caps all see
+        the pixel as the frames' worth of samples it now holds. The frame
+        ``apply`` returned shares these tensors and sees the change.
+        """
+        if not index.numel():
+            return
+        mean = self._prev["colors"][render].view(3, -1)
+        count = self._prev["counts"][render].view(-1)
+        held = count[index] * frame_spp
+        new = finite(colors.to(mean.device, mean.dtype)).T
+        mean[:, index] = (mean[:, index] * held + new * spp) / (held + spp)
+        count[index] += spp / frame_spp
 
     def _lobe_widths(self, lobes, surface) -> torch.Tensor | None:
         """Each pixel's lobe width in radians (inf: diffuse; NaN: a shape the table does not know); None: no table."""

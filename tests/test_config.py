@@ -315,3 +315,13 @@ def test_the_prior_script_reproduces_the_shipped_prior():
     assert args.scene.split(",") == offline["scenes"] and "cornell-box" not in offline["scenes"]
     assert (args.frames_per_scene, args.steps, run.spp, list(run.res), args.seed) == \
         (offline["frames_per_scene"], offline["steps"], offline["spp"], offline["res"], offline["seed"])
+
+
+def test_restarted_pixels_get_more_samples_in_the_cpu_preset_and_the_flag_sets_or_refuses_it():
+    assert resolved().session_config("cpu", 16).temporal.topup_spp == 6
+    assert resolved("--topup-spp", "0").session_config("cpu", 16).temporal.topup_spp == 0
+    assert resolved("--topup-spp", "3").to_dict()["topup_spp"] == 3
+    assert resolved("--history", "1").session_config("cpu", 16).temporal.topup_spp == 0  # no reuse, no restarts
+    assert resolved("--preset", "gpu").topup_spp == 0
+    with pytest.raises(UserError, match="--topup-spp -2"):
+        resolved("--topup-spp", "-2")

@@ -478,3 +478,28 @@ def test_without_a_guide_share_there_is_no_guide_pass(tiny_renderer):
     assert f.specular is None and "guide" not in f.seeds and "render_guide" not in f.timings
     with pytest.raises(RendererError, match="guide share 2"):
         RenderConfig(guide_share=2)
+
+
+def test_pixel_passes_sample_the_same_image_as_a_render(tiny_renderer):
+    """Extra samples of chosen pixels converge to the render's own pixels, in any order and wavefront size."""
+    r = tiny_renderer
+    pose = r.path.pose(1.0)
+    r.set_pose(pose)
+    h, w = r.shape
+    full = r.render_color(pose, 256).reshape(-1, 3)
+    index = np.random.default_rng(0).permutation(h * w)[:300]  # not a bucket size, not sorted
+    seeds = r._next_seed
+    pixels = r.render_pixels(index, 256)
+    assert pixels.shape == (300, 3) and pixels.dtype == np.float32
+    assert r._next_seed == seeds + 1  # a seed of the session's own
+    # Pixel by pixel within the noise of 2 x 256 samples, and the image's mean within 2%.
+    lit = full[index].mean(1) > 0.05
+    rel = np.abs(pixels - full[index]).mean(1)[lit] / full[index].mean(1)[lit]
+    assert np.median(rel) < 0.15
+    np.testing.assert_allclose(pixels.mean(0), full[index].mean(0), rtol=0.02)
+    # Another wavefront size (another padding) gives the same pixels' values.
+    again = r.render_pixels(index[:37], 256)
+    np.testing.assert_allclose(again.mean(0), pixels[:37].mean(0), rtol=0.06)
+    assert r.render_pixels(np.zeros(0, np.int64), 4).shape == (0, 3)
+    with pytest.raises(ValueError, match="outside the 32x32 film"):
+        r.render_pixels(np.array([h * w]), 1)

@@ -6,7 +6,7 @@ import torch
 
 from online_denoise.arrays import to_chw
 from online_denoise.denoiser import Denoiser, load_checkpoint, save_checkpoint
-from online_denoise.features import FeatureSpec, edge_mask
+from online_denoise.features import FeatureSpec, edge_mask, emitter_mask
 from online_denoise.metrics import error_estimate
 from online_denoise.model import ModelConfig, UNet
 from online_denoise.session import Session, SessionConfig
@@ -333,3 +333,28 @@ def test_the_trainer_thread_records_its_steps_while_the_loop_runs():
         s.close()
     assert results[-1].steps > 0 and len(s.trainer.graphs) >= 1
     assert all(torch.isfinite(r.denoised).all() for r in results)
+
+
+def test_restarted_pixels_get_more_samples_in_both_renders(tiny_renderer):
+    cfg = SessionConfig(MODEL, FeatureSpec(), TrainConfig(crop=32, batch=2), "cpu", 4, train_enabled=False,
+                        pair="mean", temporal=TemporalConfig(history=8, topup_spp=6))
+    s = Session(tiny_renderer, cfg)
+    try:
+        path = tiny_renderer.path
+        first = s.step(path.pose(0.0))
+        moved = s.step(path.pose(0.4))
+    finally:
+        s.close()
+    # The first frame restarts every surface pixel: each then holds its 1 spp and 6 more, 7 frames' worth.
+    # The light is shown as rendered, so it gets none.
+    light = emitter_mask(to_chw(first.rendered.emission, "cpu"))[0, 0].numpy() > 0
+    assert light.any()
+    hit = np.any(first.rendered.position != 0, -1) & ~light
+    frames_a = np.asarray(first.frame.frames_a)[..., 0]
+    np.testing.assert_allclose(frames_a[hit], 7.0)
+    assert (frames_a[~hit] == 1).all() and (frames_a[light] == 1).all()
+    assert not np.allclose(np.asarray(first.frame.color_a)[hit], first.rendered.color_a[hit])
+    np.testing.assert_array_equal(np.asarray(first.frame.color_a)[~hit], first.rendered.color_a[~hit])
+    # After a camera move only the pixels whose history restarted are topped up, in a and in b.
+    assert 0 < sum(s.topped_up) < 2 * hit.sum()
+    assert "render" in moved.timings and moved.timings["reuse"] >= 0

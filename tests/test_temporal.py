@@ -609,3 +609,52 @@ def test_reuse_follows_a_metal_reflection_and_keeps_its_history():
     # The bilinear history read follows the reflection too.
     bilinear, _, _, _ = sphere_run(reflect_history=8, resample="bilinear")
     assert to_numpy(bilinear.frames_a)[..., 0][inner].mean() > 5
+
+
+def test_restarted_pixels_are_those_with_one_frame_of_history_on_a_surface():
+    reuse = history(4)
+    first = frame(1)
+    reuse.apply(first)
+    position = plane_positions(POSE)
+    position[:4] = 0.0  # the background: shown as rendered, so never topped up
+    surface = np.full((H, W, 1), 3.0, np.float32)
+    surface[10:14, 10:14] = 5.0  # another shape appeared here: a restart
+    reuse.apply(frame(2, position=position, surface=surface))
+    for index in reuse.restarted(frame(2, position=position, surface=surface)):
+        mask = np.zeros(H * W, bool)
+        mask[index.numpy()] = True
+        mask = mask.reshape(H, W)
+        expected = np.zeros((H, W), bool)
+        expected[10:14, 10:14] = True
+        np.testing.assert_array_equal(mask, expected)
+
+
+def test_added_samples_weigh_by_the_samples_each_mean_holds():
+    reuse = history(8)
+    f0, f1 = frame(1), frame(2)
+    reuse.apply(f0)
+    out, _ = reuse.apply(f1)  # two frames of 2 spp: 4 samples per pixel
+    index = torch.tensor([0, 5, W + 3])
+    extra = torch.full((3, 3), 0.6)  # near the frames' own mean, so no stale test restarts them below
+    before = to_numpy(out.color_a).reshape(-1, 3)[index.numpy()].copy()
+    reuse.add_samples(0, index, extra, spp=6, frame_spp=2)
+    after = to_numpy(out.color_a).reshape(-1, 3)  # the returned frame shares the running means
+    np.testing.assert_allclose(after[index.numpy()], (before * 4 + 0.6 * 6) / 10, rtol=1e-5)
+    counts = to_numpy(out.frames_a).reshape(-1)
+    np.testing.assert_allclose(counts[index.numpy()], 2 + 3)
+    assert counts[1] == 2 and np.allclose(after[1], (f0.color_a + f1.color_a).reshape(-1, 3)[1] / 2, rtol=1e-5)
+    # Render b's history is untouched, so a and b stay independent.
+    np.testing.assert_allclose(to_numpy(out.color_b), (f0.color_b + f1.color_b) / 2, rtol=1e-5, atol=1e-6)
+    # The next frame's samples then weigh 2 of 12: the count says 5 frames, plus this one.
+    f2 = frame(3)
+    nxt, _ = reuse.apply(f2)
+    got = to_numpy(nxt.color_a).reshape(-1, 3)[0]
+    np.testing.assert_allclose(got, after[0] + (f2.color_a.reshape(-1, 3)[0] - after[0]) / 6, rtol=1e-5)
+    # A NaN among the new samples carries nothing into the history.
+    reuse.add_samples(0, torch.tensor([7]), torch.tensor([[float("nan"), 1.0, 1.0]]), spp=2, frame_spp=2)
+    assert np.isfinite(to_numpy(nxt.color_a)).all()
+
+
+def test_topup_spp_must_be_a_whole_count():
+    with pytest.raises(ValueError, match="topup_spp"):
+        TemporalConfig(history=4, topup_spp=-1)
