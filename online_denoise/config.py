@@ -74,7 +74,8 @@ class Preset:
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("cpu", "2-core CPU: width-16 U-Net, 4-scale 5x5 kernel-predicting head, 1 step of 8 crops per frame "
                   "taken inline, demodulated filtering mixed in on diffuse shapes, 2 spp per render reused over up to 16 frames "
-                  "(metals following their reflections, up to 8), albedo and normal at 16 spp "
+                  "(metals following their reflections, up to 8; a restarted pixel gets 6 more samples), "
+                  "albedo and normal at 16 spp "
                   "(over 250 ms a frame after warm-up: 8, then early roulette and 6 crops), starting from the "
                   "shipped prior; "
                   "the mean of the two renders is denoised once (metals' display pulled back towards it where better)",
