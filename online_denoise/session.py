@@ -208,8 +208,7 @@ class Session:
         self.frames = 0
         # Pixel passes need a JIT variant; on scalar_rgb (already a fallback with a warning) there are none.
         self._tops_up = (self.reuse is not None and config.temporal.topup_spp > 0
-                         and hasattr(renderer, "render_pixels")
-                         and not str(getattr(renderer, "variant", "")).startswith("scalar"))
+                         and not renderer.variant.startswith("scalar"))
         self.topped_up: list[int] = []  # pixels per render given more samples in the last frame
         self._estimate: dict[str, float] = {}  # the latest error estimate, with the frame it was made on
         self._last_end = time.perf_counter()
@@ -294,7 +293,7 @@ class Session:
         lanes are independent samples, so a and b stay independent of each other.
         """
         t = time.perf_counter()
-        index = self.reuse.restarted(frame)
+        index = self.reuse.restarted()
         counts = [len(i) for i in index]
         if sum(counts):
             spp = self.config.temporal.topup_spp

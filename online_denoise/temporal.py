@@ -348,11 +348,13 @@ class TemporalReuse:
         normal = to_chw(frame.normal, dev)
         h, w = position.shape[-2:]
         # A pixel is reusable only if all of its samples hit one and the same shape, away from any light.
-        solid = (position != 0).any(1, keepdim=True) & ((surface - surface.round()).abs() < 1e-3)
+        seen = (position != 0).any(1, keepdim=True)  # some sample hit a surface
+        solid = seen & ((surface - surface.round()).abs() < 1e-3)
         emission = getattr(frame, "emission", None)
         if emission is not None:
-            near_light = dilate3(emitter_mask(to_chw(emission, dev))) > 0
-            solid &= ~near_light
+            light = emitter_mask(to_chw(emission, dev))
+            solid &= ~(dilate3(light) > 0)
+            seen &= ~(light > 0)
         depth = camera_coordinates(position, frame.pose)[:, 2:3]
         mirror = self._mirror_pixels(getattr(frame, "mirrors", None), surface, solid, position, normal, frame.pose)
 
@@ -367,7 +369,8 @@ class TemporalReuse:
             counts, means = self._blend(prev, colors, position, surface, albedo, normal, solid, view_cap, diffuse,
                                         h, w, mirror)
         self._prev = {"shape": (h, w), "colors": means, "counts": counts, "depth": depth, "albedo": albedo,
-                      "normal": normal, "surface": surface, "solid": solid.float(), "pose": frame.pose,
+                      "normal": normal, "surface": surface, "solid": solid.float(), "seen": seen[0, 0],
+                      "pose": frame.pose,
                       "reflect": None if mirror is None else mirror[2]}
         hwc = [m[0].permute(1, 2, 0) for m in means]
         spans = [c[0].permute(1, 2, 0) for c in counts]
@@ -376,20 +379,16 @@ class TemporalReuse:
                          raw_a=frame.color_a, raw_b=frame.color_b)
         return reused, float(sum(c.mean() for c in counts) / len(counts))
 
-    def restarted(self, frame) -> list[torch.Tensor]:
-        """Per render, the flat indices of the pixels whose history is one frame, after ``apply`` of ``frame``.
+    def restarted(self) -> list[torch.Tensor]:
+        """Per render, the flat indices of the pixels whose history is one frame, after the last ``apply``.
 
         Only pixels that saw a surface: the background and directly seen
         lights are shown as rendered, so more samples there would change nothing.
         """
         if self._prev is None:
             return []
-        dev = self.device
-        hit = (to_chw(frame.position, dev) != 0).any(1)[0]
-        emission = getattr(frame, "emission", None)
-        if emission is not None:
-            hit &= ~emitter_mask(to_chw(emission, dev))[0, 0].bool()
-        return [((c[0, 0] <= 1) & hit).view(-1).nonzero().squeeze(1) for c in self._prev["counts"]]
+        seen = self._prev["seen"]
+        return [((c[0, 0] <= 1) & seen).view(-1).nonzero().squeeze(1) for c in self._prev["counts"]]
 
     def add_samples(self, render: int, index: torch.Tensor, colors: torch.Tensor, spp: int, frame_spp: int) -> None:
         """Average ``spp`` new samples of each pixel (``colors``: n x 3) into render ``render``'s running mean.

@@ -620,7 +620,7 @@ def test_restarted_pixels_are_those_with_one_frame_of_history_on_a_surface():
     surface = np.full((H, W, 1), 3.0, np.float32)
     surface[10:14, 10:14] = 5.0  # another shape appeared here: a restart
     reuse.apply(frame(2, position=position, surface=surface))
-    for index in reuse.restarted(frame(2, position=position, surface=surface)):
+    for index in reuse.restarted():
         mask = np.zeros(H * W, bool)
         mask[index.numpy()] = True
         mask = mask.reshape(H, W)
