@@ -102,8 +102,6 @@ class Renderer:
         import drjit
 
         self._dr = drjit
-        if config.threads is not None and self.variant.startswith("llvm"):
-            drjit.set_thread_count(config.threads)
         xml = prepare_xml(self.scene_info.xml, config.width, config.height, config.spp)
         # Relative asset paths in the XML resolve against the scene's own folder.
         resolver = mi.file_resolver() if hasattr(mi, "file_resolver") else mi.Thread.thread().file_resolver()
@@ -113,6 +111,11 @@ class Renderer:
         except Exception as e:  # Mitsuba reports every load problem as a RuntimeError
             msg = str(e).strip().splitlines()
             raise SceneError(f"{self.scene_info.xml}: Mitsuba could not load it: {msg[-1] if msg else e}") from None
+        if config.threads is not None and self.variant.startswith("llvm"):
+            # Only after the load: Mitsuba loads a scene's objects as tasks on Dr.Jit's pool, and a task
+            # that waits on its children deadlocked a pool of one worker (glossy-metals hung in
+            # load_string with --render-threads 1; cornell-box, with fewer objects, did not).
+            drjit.set_thread_count(config.threads)
         self.sensor = self.scene.sensors()[0]
         self._scene_integrator = self.scene.integrator()  # references
         self._early_integrator = self._load_early_integrator(xml, config.rr_depth)

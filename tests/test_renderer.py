@@ -404,6 +404,23 @@ def test_scalar_fallback_renders(tmp_path):
     assert out.stdout.strip() == "scalar_rgb"
 
 
+def test_one_render_thread_loads_and_renders_a_scene_with_many_objects():
+    """--render-threads 1 once deadlocked inside Mitsuba's scene load (a fresh process: the pool is global)."""
+    code = ("from renderer import Renderer, RenderConfig\n"
+            "r = Renderer(RenderConfig(scene='glossy-metals', width=8, height=8, spp=1, threads=1))\n"
+            "f = r.render_pair(r.initial_pose)\n"
+            "import drjit\n"
+            "assert f.color_a.shape == (8, 8, 3)\n"
+            "print(drjit.thread_count())\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**os.environ})
+    except subprocess.TimeoutExpired:
+        pytest.fail("a renderer with one Dr.Jit thread hung")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "1"
+
+
 def test_drjit_workers_yield_to_the_work_after_a_render(tiny_renderer):
     from renderer import workers
 
