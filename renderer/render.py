@@ -81,6 +81,8 @@ class RenderConfig:
             raise RendererError(f"--spp {self.spp}: expected a positive sample count")
         if self.renders not in (1, 2):
             raise RendererError(f"renders per frame: expected 1 or 2, got {self.renders}")
+        if self.threads is not None and self.threads < 1:
+            raise RendererError(f"--render-threads {self.threads}: expected at least 1 thread")
         if self.target_spp is not None and self.target_spp < 1:
             raise RendererError(f"--target-spp {self.target_spp}: expected a positive sample count")
         if self.arrays not in ("auto", "numpy", "dlpack"):

@@ -347,6 +347,9 @@ def test_render_config_validation():
         RenderConfig(width=0)
     with pytest.raises(RendererError, match="--spp"):
         RenderConfig(spp=0)
+    for threads in (0, -2):
+        with pytest.raises(RendererError, match="--render-threads"):
+            RenderConfig(threads=threads)
 
 
 # -- variant selection -------------------------------------------------------
